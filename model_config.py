@@ -1,0 +1,83 @@
+"""Every default hyper-parameter in one place: the published IntTower MindSpore `model_config`.
+
+Command-line programs build a `Config` from these defaults and override fields with flags
+(`add_config_args` / `config_from_args`); the resulting config is stored in every checkpoint.
+"""
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Config:
+    # data (get_dataset.py): which dataset and protocol the run trains and evaluates on
+    dataset: str = "ml-1m"
+    protocol: str = "paper"
+    split: str = "random"
+    seed: int = 3047
+    synthetic_scale: float = 1.0
+
+    # model (published values, SPEC 4)
+    model: str = "inttower"
+    mlp_layers: list = field(default_factory=lambda: [300, 300, 128])
+    feblock_size: int = 256
+    head_num: int = 4
+    sparse_embedding_dim: int = 32
+    keep_rate: float = 0.9
+    use_lightse: bool = True
+    use_genres: bool = True
+    # FE-Block over every user layer ("all": the paper, the published use_multi_layer=True)
+    # or only the last one (ablation)
+    fe_layers: str = "all"
+    cir_weight: float = 1.0
+    # the published code's InfoNCE temperature
+    cir_temperature: float = 0.07
+    l2_embedding: float = 0.0
+
+    # training
+    epochs: int = 10
+    batch_size: int = 2048
+    lr: float = 0.0005
+    patience: int = 3
+
+
+# flag name -> (config field, argparse kwargs); booleans that switch a published default off
+# are spelled as the ablation flags users know (`--no-lightse`, `--no-genres`).
+def add_config_args(parser: argparse.ArgumentParser, data_only: bool = False) -> None:
+    """Add one flag per config field; defaults are None so only given flags override."""
+    d = Config()
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset", choices=["ml-1m", "ml-100k", "synthetic"], help=f"dataset (default {d.dataset})")
+    g.add_argument("--protocol", choices=["paper", "strict"], help=f"feature/split protocol (default {d.protocol}; see README)")
+    g.add_argument("--split", choices=["random", "temporal"], help="strict protocol only: random or temporal split (default random)")
+    g.add_argument("--seed", type=int, help=f"seed for the split, initialisation and data order (default {d.seed})")
+    g.add_argument("--synthetic-scale", type=float, help="fraction of the full synthetic ML-1M size (default 1.0)")
+    if data_only:
+        return
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", choices=["inttower", "two_tower"], help=f"model (default {d.model})")
+    g.add_argument("--mlp-layers", type=int, nargs="+", help=f"tower layer sizes (default {d.mlp_layers})")
+    g.add_argument("--feblock-size", type=int, help=f"FE projection size (default {d.feblock_size})")
+    g.add_argument("--head-num", type=int, help=f"FE heads (default {d.head_num})")
+    g.add_argument("--sparse-embedding-dim", type=int, help=f"embedding size (default {d.sparse_embedding_dim})")
+    g.add_argument("--keep-rate", type=float, help=f"dropout keep rate (default {d.keep_rate})")
+    g.add_argument("--no-lightse", dest="use_lightse", action="store_const", const=False, help="ablation: no Light-SE")
+    g.add_argument("--no-genres", dest="use_genres", action="store_const", const=False,
+                   help="drop genres from the item tower (the published MindSpore code's item tower)")
+    g.add_argument("--fe-layers", choices=["all", "last"], help="FE-Block over all user layers (default) or the last only")
+    g.add_argument("--cir-weight", type=float, help=f"weight of the CIR loss, 0 disables it (default {d.cir_weight})")
+    g.add_argument("--cir-temperature", type=float, help=f"CIR temperature tau (default {d.cir_temperature})")
+    g.add_argument("--l2-embedding", type=float, help=f"L2 penalty on embeddings (default {d.l2_embedding})")
+    g = parser.add_argument_group("training")
+    g.add_argument("--epochs", type=int, help=f"epochs (default {d.epochs})")
+    g.add_argument("--batch-size", type=int, help=f"batch size (default {d.batch_size})")
+    g.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr})")
+    g.add_argument("--patience", type=int, help=f"early stopping: epochs without a better valid AUC (default {d.patience})")
+
+
+def config_from_args(args: argparse.Namespace, base: Config = None) -> Config:
+    """`base` (default: the published defaults) with every flag the user gave applied."""
+    base = base or Config()
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+             if getattr(args, f.name, None) is not None}
+    return dataclasses.replace(base, **given)
