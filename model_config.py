@@ -33,6 +33,13 @@ class Config:
     # the published code's InfoNCE temperature
     cir_temperature: float = 0.07
     l2_embedding: float = 0.0
+    # Initialisation of the FE-Block projections. MaxSim sums 12 user heads x (max over 4 item
+    # heads) of 64-d dot products, unscaled: with MindSpore's default Dense initialiser
+    # (HeUniform) the initial logits of the full ML-1M-shaped model have std 5.4 (the sigmoid
+    # saturates for a large share of rows and the first steps' BCE is ~5); Normal(0.01), the
+    # `normal` of the published code, gives std 0.30. The towers' Dense layers keep the default,
+    # as BatchNorm follows each of them.
+    fe_init_std: float = 0.01
 
     # training
     epochs: int = 10

@@ -1,0 +1,161 @@
+"""IntTower and the Two-Tower baseline, composed from module.py and built from the feature schema
+that get_dataset.py derives from the data (no vocabulary size is written here).
+
+Inputs, in this order, one tensor per feature (the same names in every exported signature):
+user tower: user_id, gender, age, occupation (int32 [B]), user_mean_rating (float32 [B]);
+item tower: movie_id (int32 [B]), genres (int32 [B, max_genres], 0 = padding; absent with
+--no-genres), item_mean_rating (float32 [B]).
+"""
+import mindspore as ms
+from mindspore import nn, ops, Parameter, Tensor
+from mindspore.common.initializer import Normal
+
+from module import CIRLoss, LightSE, maxsim_candidates, maxsim_score
+
+USER_SPARSE = ("user_id", "gender", "age", "occupation")
+USER_DENSE = ("user_mean_rating",)
+ITEM_SPARSE = ("movie_id",)
+ITEM_MULTI = ("genres",)
+ITEM_DENSE = ("item_mean_rating",)
+
+
+def user_input_names(config):
+    return USER_SPARSE + USER_DENSE
+
+
+def item_input_names(config):
+    return ITEM_SPARSE + (ITEM_MULTI if config.use_genres else ()) + ITEM_DENSE
+
+
+def input_names(config):
+    return user_input_names(config) + item_input_names(config)
+
+
+class Tower(nn.Cell):
+    """Embeddings -> Light-SE -> BatchNorm on the input -> (Dense, BatchNorm, ReLU, Dropout) per
+    layer. Returns every layer's output (FE-Block reads them all).
+    Inputs: the sparse ids, then the multi-valued ids (if any), then the dense values."""
+
+    def __init__(self, vocab_sizes, multi_vocab_size, dense_num, config):
+        super().__init__()
+        dim = config.sparse_embedding_dim
+        self.embeddings = nn.CellList([nn.Embedding(size, dim) for size in vocab_sizes])
+        self.has_multi = multi_vocab_size > 0
+        field_num = len(vocab_sizes) + int(self.has_multi)
+        if self.has_multi:
+            self.multi_embedding = nn.Embedding(multi_vocab_size, dim)
+        self.lightse = LightSE(field_num) if config.use_lightse else nn.Identity()
+        in_dim = field_num * dim + dense_num
+        self.input_norm = nn.BatchNorm1d(in_dim)
+        layers = []
+        for size in config.mlp_layers:
+            layers.append(nn.SequentialCell(nn.Dense(in_dim, size), nn.BatchNorm1d(size), nn.ReLU(),
+                                            nn.Dropout(p=1.0 - config.keep_rate)))
+            in_dim = size
+        self.layers = nn.CellList(layers)
+        self.sparse_num = len(vocab_sizes)
+
+    def pooled_multi(self, ids):
+        """Mean of the embeddings of the non-padding ids (0 = padding)."""
+        mask = (ids > 0).astype(ms.float32).expand_dims(-1)
+        summed = (self.multi_embedding(ids) * mask).sum(axis=1)
+        return summed / ops.maximum(mask.sum(axis=1), 1.0)
+
+    def construct(self, *features):
+        fields = ()
+        for embedding, ids in zip(self.embeddings, features[:self.sparse_num]):
+            fields = fields + (embedding(ids),)
+        if self.has_multi:
+            fields = fields + (self.pooled_multi(features[self.sparse_num]),)
+        field_embeddings = self.lightse(ops.stack(fields, axis=1))
+        dense = ops.stack(features[self.sparse_num + int(self.has_multi):], axis=1)
+        x = ops.concat((field_embeddings.reshape(field_embeddings.shape[0], -1), dense), axis=1)
+        x = self.input_norm(x)
+        outputs = ()
+        for layer in self.layers:
+            x = layer(x)
+            outputs = outputs + (x,)
+        return outputs
+
+
+class IntTower(nn.Cell):
+    """IntTower (config.model == "inttower") or the Two-Tower baseline ("two_tower").
+
+    Both score a (user, item) pair from the towers' "heads": IntTower's are FE-Block projections
+    (every user layer -> head_num heads; the item's last layer -> head_num heads) scored by MaxSim;
+    the baseline's are the last layers themselves, one head each, where MaxSim is the dot product.
+    So `construct` == sigmoid(score(user_heads(...), item_heads(...))) for both, which is what
+    serving (user tower once + cached item heads) relies on.
+    """
+
+    def __init__(self, schema, config):
+        super().__init__()
+        vocab = schema["vocab"]
+        self.user_tower = Tower([vocab[name] for name in USER_SPARSE], 0, len(USER_DENSE), config)
+        self.item_tower = Tower([vocab[name] for name in ITEM_SPARSE],
+                                vocab[ITEM_MULTI[0]] if config.use_genres else 0, len(ITEM_DENSE), config)
+        self.user_input_num = len(user_input_names(config))
+        self.two_tower = config.model == "two_tower"
+        if not self.two_tower:
+            fe_layer_sizes = config.mlp_layers if config.fe_layers == "all" else config.mlp_layers[-1:]
+            fe_init = Normal(config.fe_init_std)
+            self.user_fe = nn.CellList([nn.Dense(size, config.feblock_size, weight_init=fe_init)
+                                        for size in fe_layer_sizes])
+            self.item_fe = nn.Dense(config.mlp_layers[-1], config.feblock_size, weight_init=fe_init)
+            self.head_num = config.head_num
+            self.head_dim = config.feblock_size // config.head_num
+        self.bias = Parameter(Tensor([0.0], ms.float32), name="bias")
+        self.cir = CIRLoss(config.cir_temperature)
+        # the paper's Two-Tower baseline is trained with BCE alone
+        self.cir_weight = 0.0 if self.two_tower else config.cir_weight
+        self.l2_embedding = config.l2_embedding
+        self.embedding_tables = ms.ParameterTuple(p for p in self.trainable_params() if "embedding_table" in p.name)
+
+    def split_heads(self, x):
+        return x.reshape(x.shape[0], self.head_num, self.head_dim)
+
+    def user_heads_from_layers(self, user_layers):
+        if self.two_tower:
+            return user_layers[-1].expand_dims(1)
+        heads = ()
+        for projection, layer in zip(self.user_fe, user_layers[len(user_layers) - len(self.user_fe):]):
+            heads = heads + (self.split_heads(projection(layer)),)
+        return ops.concat(heads, axis=1)
+
+    def item_heads_from_layers(self, item_layers):
+        if self.two_tower:
+            return item_layers[-1].expand_dims(1)
+        return self.split_heads(self.item_fe(item_layers[-1]))
+
+    def user_heads(self, *user_features):
+        """User features -> the stacked heads of all user layers, [B, U, d]."""
+        return self.user_heads_from_layers(self.user_tower(*user_features))
+
+    def item_heads(self, *item_features):
+        """Item features -> the item's heads, [B, V, d]."""
+        return self.item_heads_from_layers(self.item_tower(*item_features))
+
+    def score_candidates(self, user_heads, item_heads):
+        """One user's heads [U, d] against N items' cached heads [N, V, d] -> N probabilities."""
+        return ops.sigmoid(maxsim_candidates(user_heads, item_heads) + self.bias)
+
+    def logits_and_representations(self, *features):
+        user_layers = self.user_tower(*features[:self.user_input_num])
+        item_layers = self.item_tower(*features[self.user_input_num:])
+        score = maxsim_score(self.user_heads_from_layers(user_layers), self.item_heads_from_layers(item_layers))
+        return score + self.bias, user_layers[-1], item_layers[-1]
+
+    def construct(self, *features):
+        """All user then all item features (model.input_names order) -> click probability [B]."""
+        return ops.sigmoid(self.logits_and_representations(*features)[0])
+
+    def loss(self, labels, *features):
+        """BCE + cir_weight * CIR (+ L2 on the embedding tables if configured)."""
+        logits, user_rep, item_rep = self.logits_and_representations(*features)
+        loss = ops.binary_cross_entropy_with_logits(logits, labels)
+        if self.cir_weight > 0:
+            loss = loss + self.cir_weight * self.cir(user_rep, item_rep, labels)
+        if self.l2_embedding > 0:
+            for table in self.embedding_tables:
+                loss = loss + self.l2_embedding * (table * table).sum()
+        return loss

@@ -1,0 +1,205 @@
+"""Train IntTower (or the Two-Tower baseline) with a graph-compiled train step.
+
+python train.py [--dataset ml-1m|ml-100k|synthetic] [--protocol paper|strict] [--epochs N] ...
+writes <out-dir>/IntTower.ckpt (best valid AUC), <out-dir>/IntTower-last.ckpt (resumable) and
+<out-dir>/train_metrics.json.
+"""
+import argparse
+import dataclasses
+import math
+import os
+import time
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn
+
+import get_dataset
+import model_config
+import util
+from model import IntTower, input_names
+
+BEST_NAME = "IntTower.ckpt"
+LAST_NAME = "IntTower-last.ckpt"
+METRICS_NAME = "train_metrics.json"
+# flags that may change when resuming; everything else comes from the checkpoint
+RESUMABLE_FIELDS = ("epochs", "patience")
+
+
+class TrainStep(nn.Cell):
+    """Forward, loss, gradients and the Adam update as one compiled graph (the fastest form
+    measured on CPU: MINDSPORE_NOTES.md)."""
+
+    def __init__(self, net, optimizer):
+        super().__init__()
+        self.net = net
+        self.optimizer = optimizer
+        self.loss_and_grads = ms.value_and_grad(net.loss, None, optimizer.parameters)
+
+    def construct(self, labels, *features):
+        loss, grads = self.loss_and_grads(labels, *features)
+        self.optimizer(grads)
+        return loss
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model_config.add_config_args(parser)
+    get_dataset.add_data_args(parser)
+    g = parser.add_argument_group("run")
+    g.add_argument("--out-dir", default="output", help="where checkpoints and metrics go (default output/)")
+    g.add_argument("--max-steps", type=int, help="stop after this many train steps in this run")
+    g.add_argument("--resume", action="store_true", help=f"continue from <out-dir>/{LAST_NAME}")
+    g.add_argument("--deterministic", action="store_true",
+                   help="identical weights for identical runs: one CPU thread and dropout reseeded per epoch "
+                        "(slower: see README)")
+    g.add_argument("--device-target", choices=["CPU", "GPU", "Ascend"], default="CPU", help="default CPU")
+    g.add_argument("--pynative", action="store_true", help="run eagerly (PyNative) for debugging; slow")
+    return parser.parse_args(argv)
+
+
+def setup_mindspore(device_target: str, pynative: bool, deterministic: bool) -> None:
+    if deterministic:
+        # more than one CPU thread makes dropout masks differ run to run; must precede any op
+        ms.device_context.cpu.op_tuning.threads_num(1)
+    ms.set_device(device_target)
+    ms.set_context(mode=ms.PYNATIVE_MODE if pynative else ms.GRAPH_MODE)
+
+
+def build(schema: dict, config, seed: int):
+    """A fresh network, its Adam optimizer and the compiled train step; `seed` fixes the
+    initialisation and the dropout streams."""
+    util.set_seed(seed)
+    net = IntTower(schema, config)
+    optimizer = nn.Adam(net.trainable_params(), learning_rate=config.lr)
+    step = TrainStep(net, optimizer)
+    return net, optimizer, step
+
+
+def resolve_config(args, last_path: str):
+    """The run's config: from the flags, or on --resume from the last checkpoint (plus the
+    flags that may change between sessions)."""
+    if not args.resume:
+        return model_config.config_from_args(args), None
+    params, meta = util.load_checkpoint(last_path)
+    if "optimizer_state" not in meta:
+        raise util.UsageError(f"{last_path} holds no optimizer state; --resume needs the -last checkpoint")
+    stored = model_config.Config(**meta["config"])
+    config = model_config.config_from_args(args, stored)
+    changed = [f.name for f in dataclasses.fields(config)
+               if f.name not in RESUMABLE_FIELDS and getattr(config, f.name) != getattr(stored, f.name)]
+    if changed:
+        raise util.UsageError(f"--resume continues {last_path} with its own config; drop the flags that change "
+                              f"{', '.join(changed)} (only --epochs and --patience may change)")
+    return config, (params, meta)
+
+
+def evaluate(net, split: dict, names, quiet: bool) -> tuple:
+    start = time.perf_counter()
+    predictions = util.predict(net, split, names, quiet)
+    seconds = time.perf_counter() - start
+    return util.global_metrics(split["label"], predictions), seconds
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    last_path = os.path.join(args.out_dir, LAST_NAME)
+    best_path = os.path.join(args.out_dir, BEST_NAME)
+    config, resumed = resolve_config(args, last_path)
+    setup_mindspore(args.device_target, args.pynative, args.deterministic)
+    data = get_dataset.load_dataset(config, args.data_root, download=args.download,
+                                    use_cache=not args.no_cache, quiet=args.quiet)
+    names = input_names(config)
+    train = data.train
+    n_train = len(train["label"])
+    batch_size = min(config.batch_size, n_train)
+    slices = util.batch_slices(n_train, batch_size, drop_last=True)
+    util.log(f"training {config.model} on {config.dataset} ({config.protocol} protocol): {n_train} train rows, "
+             f"{len(slices)} steps of {batch_size} per epoch, {'PyNative' if args.pynative else 'graph'} mode")
+
+    net, optimizer, step = build(data.schema, config, config.seed)
+    progress = {"epoch": 0, "step": 0, "epochs": [], "best_epoch": None, "best_valid_auc": -math.inf}
+    if resumed:
+        params, meta = resumed
+        util.load_parameters(net, params, last_path)
+        util.load_parameters(optimizer, params, last_path)
+        progress = meta["optimizer_state"]
+        util.log(f"resuming {last_path} at epoch {progress['epoch'] + 1}, step {progress['step']}")
+
+    meta = {"config": dataclasses.asdict(config), "schema": data.schema}
+
+    def save_last():
+        util.save_checkpoint(last_path, (net, optimizer), dict(meta, optimizer_state=progress))
+
+    def write_metrics():
+        util.write_json(os.path.join(args.out_dir, METRICS_NAME),
+                        {"config": meta["config"], "best_epoch": progress["best_epoch"], "epochs": progress["epochs"]})
+
+    steps_left = args.max_steps if args.max_steps is not None else math.inf
+    epochs_without_gain = len(progress["epochs"]) - (progress["best_epoch"] or 0)
+    while progress["epoch"] < config.epochs and steps_left > 0 and epochs_without_gain < config.patience:
+        epoch = progress["epoch"]
+        if args.deterministic and (epoch > 0 or progress["step"] > 0):
+            # every epoch starts as a resumed run would: fresh dropout streams seeded by the epoch
+            saved_params = {p.name: p.value().copy() for cell in (net, optimizer) for p in cell.get_parameters()}
+            net, optimizer, step = build(data.schema, config, (config.seed + 1 + epoch) % 2**31)
+            util.load_parameters(net, saved_params, "the previous epoch")
+            util.load_parameters(optimizer, saved_params, "the previous epoch")
+        step.set_train(True)
+        order = util.epoch_order(n_train, config.seed, epoch)
+        shuffled = {name: np.ascontiguousarray(train[name][order]) for name in names + ("label",)}
+        first = progress["step"]
+        bar = util.progress(range(first, len(slices)), args.quiet, desc=f"epoch {epoch + 1}/{config.epochs}")
+        losses, start_time, trained_rows = [], time.perf_counter(), 0
+        try:
+            for i in bar:
+                lo, hi = slices[i]
+                loss = step(ms.Tensor(shuffled["label"][lo:hi]), *util.to_tensors(shuffled, names, lo, hi)).asnumpy()
+                if not np.isfinite(loss):
+                    raise util.UsageError(
+                        f"training diverged: loss is {float(loss)} at epoch {epoch + 1} step {i + 1}. "
+                        f"{'The last good checkpoint ' + last_path + ' is kept. ' if os.path.exists(last_path) else ''}"
+                        "Lower --lr (or check the data) and run again.")
+                losses.append(float(loss))
+                trained_rows += hi - lo
+                progress["step"] = i + 1
+                steps_left -= 1
+                if i % 20 == 0:
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}",
+                                    samples_s=f"{trained_rows / (time.perf_counter() - start_time):.0f}")
+                if steps_left <= 0:
+                    break
+        except KeyboardInterrupt:
+            bar.close()
+            save_last()
+            util.log(f"interrupted: saved {last_path} at epoch {epoch + 1} step {progress['step']}; "
+                     "continue with --resume")
+            return 130
+        seconds = time.perf_counter() - start_time
+        bar.close()
+        valid_metrics, valid_seconds = evaluate(net, data.valid, names, args.quiet)
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
+                  "valid_auc": valid_metrics["auc"], "valid_logloss": valid_metrics["logloss"],
+                  "seconds": seconds, "samples_per_s": trained_rows / seconds if seconds > 0 else None,
+                  "steps": len(losses), "valid_seconds": valid_seconds}
+        progress["epochs"].append(record)
+        progress["epoch"], progress["step"] = epoch + 1, 0
+        util.log(f"epoch {epoch + 1}: train_loss={record['train_loss']:.4f} valid_auc={record['valid_auc']:.4f} "
+                 f"valid_logloss={record['valid_logloss']:.4f} ({seconds:.1f} s, {record['samples_per_s']:.0f} "
+                 f"samples/s; valid {len(data.valid['label']) / valid_seconds:.0f} samples/s)")
+        if valid_metrics["auc"] > progress["best_valid_auc"]:
+            progress["best_valid_auc"], progress["best_epoch"] = valid_metrics["auc"], epoch + 1
+            epochs_without_gain = 0
+            util.save_checkpoint(best_path, (net,), dict(meta, epoch=epoch + 1, valid_auc=valid_metrics["auc"]))
+        else:
+            epochs_without_gain += 1
+        save_last()
+        write_metrics()
+    if epochs_without_gain >= config.patience:
+        util.log(f"early stop: no better valid AUC for {config.patience} epochs")
+    util.log(f"best epoch {progress['best_epoch']} (valid_auc={progress['best_valid_auc']:.4f}) -> {best_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    util.run_cli(main)
