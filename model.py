@@ -159,3 +159,22 @@ class IntTower(nn.Cell):
             for table in self.embedding_tables:
                 loss = loss + self.l2_embedding * (table * table).sum()
         return loss
+
+
+def model_from_checkpoint(path: str):
+    """Rebuild the network a checkpoint was trained as, from the config and feature schema it
+    carries, and load its weights. -> (net, config, meta). Bad or mismatched files: UsageError."""
+    import util
+    from model_config import Config
+
+    params, meta = util.load_checkpoint(path)
+    try:
+        config = Config(**meta["config"])
+        schema = meta["schema"]
+        net = IntTower(schema, config)
+    except (KeyError, TypeError, ValueError) as err:
+        raise util.UsageError(f"checkpoint {path} carries a config or schema this code cannot rebuild ({err}); "
+                              "retrain with `python train.py`") from None
+    util.load_parameters(net, params, path)
+    net.set_train(False)
+    return net, config, meta

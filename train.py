@@ -31,7 +31,8 @@ class TrainStep(nn.Cell):
     measured on CPU: MINDSPORE_NOTES.md)."""
 
     def __init__(self, net, optimizer):
-        super().__init__()
+        # no name prefix: checkpoints keep the network's own parameter names
+        super().__init__(auto_prefix=False)
         self.net = net
         self.optimizer = optimizer
         self.loss_and_grads = ms.value_and_grad(net.loss, None, optimizer.parameters)
