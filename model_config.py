@@ -48,8 +48,17 @@ class Config:
     patience: int = 3
 
 
-# flag name -> (config field, argparse kwargs); booleans that switch a published default off
-# are spelled as the ablation flags users know (`--no-lightse`, `--no-genres`).
+# CIRLoss computes exp(logits) with |logits| <= 1/tau without a max-subtraction pass
+MIN_CIR_TEMPERATURE = 0.02
+
+
+def temperature(text: str) -> float:
+    value = float(text)
+    if value < MIN_CIR_TEMPERATURE:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_CIR_TEMPERATURE} (exp(1/tau) overflows float32 below)")
+    return value
+
+
 def add_config_args(parser: argparse.ArgumentParser, data_only: bool = False) -> None:
     """Add one flag per config field; defaults are None so only given flags override."""
     d = Config()
@@ -73,7 +82,8 @@ def add_config_args(parser: argparse.ArgumentParser, data_only: bool = False) ->
                    help="drop genres from the item tower (the published MindSpore code's item tower)")
     g.add_argument("--fe-layers", choices=["all", "last"], help="FE-Block over all user layers (default) or the last only")
     g.add_argument("--cir-weight", type=float, help=f"weight of the CIR loss, 0 disables it (default {d.cir_weight})")
-    g.add_argument("--cir-temperature", type=float, help=f"CIR temperature tau (default {d.cir_temperature})")
+    g.add_argument("--cir-temperature", type=temperature,
+                   help=f"CIR temperature tau, at least {MIN_CIR_TEMPERATURE} (default {d.cir_temperature})")
     g.add_argument("--l2-embedding", type=float, help=f"L2 penalty on embeddings (default {d.l2_embedding})")
     g = parser.add_argument_group("training")
     g.add_argument("--epochs", type=int, help=f"epochs (default {d.epochs})")

@@ -1,0 +1,351 @@
+"""IntTower model specification: the building blocks against numpy versions of the paper's formulas,
+the serving decomposition, train/inference mode, the CIR edge cases, every switch, and the
+parameter count."""
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import Tensor, nn, ops
+
+from conftest import tiny_config
+from model import IntTower, input_names, user_input_names
+from module import CIRLoss, LightSE, maxsim_candidates, maxsim_score
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def random_features(schema, config, batch, seed=0):
+    """One tensor per model input, in input_names(config) order."""
+    rng = np.random.default_rng(seed)
+    vocab = schema["vocab"]
+    features = []
+    for name in input_names(config):
+        if name == "genres":
+            ids = rng.integers(1, vocab["genres"], size=(batch, schema["max_genres"]))
+            ids[rng.random(ids.shape) < 0.5] = 0   # padding anywhere, some rows fully padded
+            features.append(Tensor(ids.astype(np.int32)))
+        elif name in vocab:
+            features.append(Tensor(rng.integers(0, vocab[name], size=batch).astype(np.int32)))
+        else:
+            features.append(Tensor(rng.random(batch).astype(np.float32)))
+    return features
+
+
+def randomize_parameters(net, seed=0):
+    """Random weights and BatchNorm statistics, so that rows differ in inference mode (a fresh network,
+    with tiny embeddings and unit moving statistics, gives almost the same output for every row)."""
+    rng = np.random.default_rng(seed)
+    for p in net.get_parameters():
+        positive = "gamma" in p.name or "moving_variance" in p.name
+        value = rng.uniform(0.5, 1.5, p.shape) if positive else rng.normal(0.0, 0.25, p.shape)
+        p.set_data(Tensor(value.astype(np.float32)))
+    return net
+
+
+def split_features(config, features):
+    n_user = len(user_input_names(config))
+    return features[:n_user], features[n_user:]
+
+
+def random_labels(batch, positives, seed=0):
+    labels = np.zeros(batch, np.float32)
+    labels[np.random.default_rng(seed).permutation(batch)[:positives]] = 1.0
+    return Tensor(labels)
+
+
+def softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def all_finite(tensors):
+    return all(np.isfinite(t.asnumpy()).all() for t in tensors)
+
+
+# Wrappers, so that set_train on the Cell actually called reaches BatchNorm and Dropout, and so that
+# each method compiles as its own graph in graph mode.
+class UserHeads(nn.Cell):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, *features):
+        return self.net.user_heads(*features)
+
+
+class ItemHeads(nn.Cell):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, *features):
+        return self.net.item_heads(*features)
+
+
+class CandidateScorer(nn.Cell):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, user_heads, item_heads):
+        return self.net.score_candidates(user_heads, item_heads)
+
+
+class FirstUserLayer(nn.Cell):
+    """The user tower's first layer output: what BatchNorm and Dropout act on."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, *features):
+        return self.net.user_tower(*features)[0]
+
+
+# 1. building blocks against the paper's formulas
+
+def test_lightse_matches_numpy_field_attention():
+    rng = np.random.default_rng(1)
+    embeddings = rng.normal(size=(5, 4, 8)).astype(np.float32)
+    lightse = LightSE(4)
+    lightse.excitation.bias.set_data(Tensor(rng.normal(size=4).astype(np.float32)))
+    weight, bias = lightse.excitation.weight.asnumpy(), lightse.excitation.bias.asnumpy()
+
+    attention = softmax(embeddings.mean(axis=-1) @ weight.T + bias)
+    expected = embeddings + embeddings * attention[..., None]
+
+    np.testing.assert_allclose(lightse(Tensor(embeddings)).asnumpy(), expected, **TOL)
+
+
+def test_maxsim_score_sums_over_user_heads_the_best_item_head_dot_product():
+    rng = np.random.default_rng(2)
+    user_heads = rng.normal(size=(6, 12, 4)).astype(np.float32)
+    item_heads = rng.normal(size=(6, 4, 4)).astype(np.float32)
+
+    expected = np.einsum("bud,bvd->buv", user_heads, item_heads).max(axis=2).sum(axis=1)
+
+    np.testing.assert_allclose(maxsim_score(Tensor(user_heads), Tensor(item_heads)).asnumpy(), expected, **TOL)
+
+
+def test_maxsim_candidates_scores_one_user_against_many_items():
+    rng = np.random.default_rng(3)
+    user_heads = rng.normal(size=(12, 4)).astype(np.float32)
+    item_heads = rng.normal(size=(30, 4, 4)).astype(np.float32)
+
+    expected = np.einsum("ud,nvd->nuv", user_heads, item_heads).max(axis=2).sum(axis=1)
+
+    np.testing.assert_allclose(maxsim_candidates(Tensor(user_heads), Tensor(item_heads)).asnumpy(), expected,
+                               **TOL)
+
+
+def numpy_cir(user_rep, item_rep, labels, temperature):
+    positive = labels == 1
+    if not positive.any():
+        return 0.0
+    users = user_rep[positive] / np.linalg.norm(user_rep[positive], axis=1, keepdims=True)
+    items = item_rep[positive] / np.linalg.norm(item_rep[positive], axis=1, keepdims=True)
+    logits = users @ items.T / temperature
+    log_softmax = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) \
+        - logits.max(1, keepdims=True)
+    return -np.mean(np.diag(log_softmax))
+
+
+@pytest.mark.parametrize("positives", [1, 5, 16])
+def test_cir_loss_is_infonce_over_the_positive_rows(positives):
+    rng = np.random.default_rng(4)
+    user_rep = rng.normal(size=(16, 8)).astype(np.float64)
+    item_rep = rng.normal(size=(16, 8)).astype(np.float64)
+    labels = random_labels(16, positives, seed=positives)
+
+    loss = CIRLoss(0.07)(Tensor(user_rep, ms.float32), Tensor(item_rep, ms.float32), labels)
+
+    expected = numpy_cir(user_rep, item_rep, labels.asnumpy(), 0.07)
+    np.testing.assert_allclose(loss.asnumpy(), expected, **TOL)
+
+
+# 2. genres padding
+
+def test_genres_padding_width_and_position_do_not_change_the_output(schema):
+    config = tiny_config()
+    net = randomize_parameters(IntTower(schema, config))
+    net.set_train(False)
+    features = random_features(schema, config, batch=8)
+    genres_at = input_names(config).index("genres")
+    genres = features[genres_at].asnumpy()
+
+    wider = np.concatenate([genres, np.zeros((8, 3), np.int32)], axis=1)
+    shuffled = np.random.default_rng(5).permuted(wider, axis=1)   # padding now in different positions
+    expected = net(*features).asnumpy()
+    for variant in (wider, shuffled):
+        features[genres_at] = Tensor(variant)
+        np.testing.assert_allclose(net(*features).asnumpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+# 3. the serving decomposition
+
+@pytest.mark.parametrize("model", ["inttower", "two_tower"])
+def test_full_model_equals_scorer_on_tower_outputs(schema, execution_mode, model):
+    config = tiny_config(model=model)
+    net = randomize_parameters(IntTower(schema, config))
+    features = random_features(schema, config, batch=10)
+    user_features, item_features = split_features(config, features)
+    cells = (net, UserHeads(net), ItemHeads(net), CandidateScorer(net))
+    for cell in cells:
+        cell.set_train(False)
+    _, user_heads, item_heads, score_candidates = cells
+
+    user_h = user_heads(*user_features)
+    item_h = item_heads(*item_features)
+    expected = ops.sigmoid(maxsim_score(user_h, item_h) + net.bias).asnumpy()
+    np.testing.assert_allclose(net(*features).asnumpy(), expected, **TOL)
+
+    # user 3 against every item of the batch, through the full model and through the candidate scorer
+    user = 3
+    repeated_user = [Tensor(np.repeat(f.asnumpy()[user:user + 1], 10, axis=0)) for f in user_features]
+    np.testing.assert_allclose(score_candidates(user_h[user], item_h).asnumpy(),
+                               net(*repeated_user, *item_features).asnumpy(), **TOL)
+
+
+# 4. train / inference mode
+
+def test_dropout_is_random_in_training_and_off_in_inference(schema, execution_mode):
+    config = tiny_config(keep_rate=0.5)
+    tower_output = FirstUserLayer(IntTower(schema, config))
+    user_features, _ = split_features(config, random_features(schema, config, batch=32))
+
+    tower_output.set_train(True)
+    first, second = tower_output(*user_features).asnumpy(), tower_output(*user_features).asnumpy()
+    assert not np.allclose(first, second)
+
+    tower_output.set_train(False)
+    np.testing.assert_array_equal(tower_output(*user_features).asnumpy(), tower_output(*user_features).asnumpy())
+
+
+def test_batchnorm_uses_batch_statistics_and_updates_moving_ones_only_in_training(schema, execution_mode):
+    config = tiny_config(keep_rate=1.0)
+    net = IntTower(schema, config)
+    tower_output = FirstUserLayer(net)
+    user_features, _ = split_features(config, random_features(schema, config, batch=32))
+    first_rows = [f[:8] for f in user_features]
+    moving_mean = net.user_tower.input_norm.moving_mean
+
+    tower_output.set_train(False)
+    before = moving_mean.asnumpy().copy()
+    inference = tower_output(*user_features).asnumpy()
+    # inference normalises with the moving statistics: a row's output does not depend on its batch
+    np.testing.assert_allclose(tower_output(*first_rows).asnumpy(), inference[:8], **TOL)
+    np.testing.assert_array_equal(moving_mean.asnumpy(), before)
+
+    tower_output.set_train(True)
+    training = tower_output(*user_features).asnumpy()
+    assert not np.allclose(training, inference)
+    assert not np.allclose(tower_output(*first_rows).asnumpy(), training[:8])   # batch statistics
+    assert not np.allclose(moving_mean.asnumpy(), before)
+
+
+# 5. CIR edge cases
+
+@pytest.mark.parametrize("positives", [0, 1, 16])
+def test_cir_total_loss_and_gradients_are_finite_for_any_number_of_positives(schema, positives):
+    config = tiny_config()
+    net = IntTower(schema, config)
+    net.set_train(True)
+    features = random_features(schema, config, batch=16)
+    labels = random_labels(16, positives)
+
+    _, user_rep, item_rep = net.logits_and_representations(*features)
+    cir, cir_grads = ms.value_and_grad(net.cir, grad_position=(0, 1))(user_rep, item_rep, labels)
+    loss, grads = ms.value_and_grad(net.loss, None, net.trainable_params())(labels, *features)
+
+    assert all_finite([cir, *cir_grads, loss, *grads])
+    if positives == 0:
+        assert cir.asnumpy() == 0.0
+
+
+# 6. every switch
+
+SWITCHES = {
+    "default": {},
+    "two_tower": {"model": "two_tower"},
+    "no_lightse": {"use_lightse": False},
+    "fe_layers_last": {"fe_layers": "last"},
+    "no_cir": {"cir_weight": 0.0},
+    "no_genres": {"use_genres": False},
+    "other_shape": {"mlp_layers": [12, 10, 6], "head_num": 2, "feblock_size": 8},
+    "l2_embedding": {"l2_embedding": 1e-4},
+}
+
+
+@pytest.mark.parametrize("switch", SWITCHES.values(), ids=SWITCHES.keys())
+def test_every_switch_builds_and_takes_a_gradient_step(schema, switch):
+    config = tiny_config(**switch)
+    net = IntTower(schema, config)
+    features = random_features(schema, config, batch=16)
+    assert len(features) == len(input_names(config))
+
+    net.set_train(False)
+    probability = net(*features).asnumpy()
+    assert probability.shape == (16,) and ((probability > 0) & (probability < 1)).all()
+
+    net.set_train(True)
+    params = net.trainable_params()
+    before = [p.asnumpy().copy() for p in params]
+    loss, grads = ms.value_and_grad(net.loss, None, params)(random_labels(16, 6), *features)
+    nn.Adam(params, learning_rate=1e-2)(grads)
+
+    assert all_finite([loss, *grads])
+    # Without genres the item Light-SE sees one field: softmax over it is 1, out = 2E for any
+    # weights, so those weights get no gradient.
+    inert = "item_tower.lightse." if not config.use_genres else "-"
+    weights = [(p, b) for p, b in zip(params, before) if p.name.endswith(".weight") and not p.name.startswith(inert)]
+    assert weights and all(not np.array_equal(p.asnumpy(), b) for p, b in weights)
+
+
+def test_switches_change_the_heads_the_model_scores(schema):
+    def head_shapes(**switch):
+        config = tiny_config(**switch)
+        net = IntTower(schema, config)
+        user_features, item_features = split_features(config, random_features(schema, config, batch=3))
+        return net.user_heads(*user_features).shape, net.item_heads(*item_features).shape
+
+    assert head_shapes() == ((3, 2 * 4, 4), (3, 4, 4))            # 2 layers x 4 heads of 16 / 4
+    assert head_shapes(fe_layers="last") == ((3, 4, 4), (3, 4, 4))
+    assert head_shapes(model="two_tower") == ((3, 1, 8), (3, 1, 8))   # the last layers, one head
+
+
+# 7. parameter count
+
+def expected_parameter_counts(schema, config):
+    """(trainable, total) from the architecture; BatchNorm moving mean/variance are not trainable."""
+    vocab, dim, layers = schema["vocab"], config.sparse_embedding_dim, config.mlp_layers
+
+    def tower(vocab_sizes, dense_num):
+        fields = len(vocab_sizes)
+        inputs = fields * dim + dense_num
+        trainable = sum(vocab_sizes) * dim
+        trainable += (fields * fields + fields) if config.use_lightse else 0
+        trainable += 2 * inputs
+        moving = 2 * inputs
+        for size in layers:
+            trainable += inputs * size + size + 2 * size
+            moving += 2 * size
+            inputs = size
+        return trainable, moving
+
+    user = tower([vocab[n] for n in ("user_id", "gender", "age", "occupation")], 1)
+    item = tower([vocab["movie_id"]] + ([vocab["genres"]] if config.use_genres else []), 1)
+    trainable = user[0] + item[0] + 1                                  # + the bias
+    if config.model == "inttower":
+        fe_layers = layers if config.fe_layers == "all" else layers[-1:]
+        trainable += sum(size * config.feblock_size + config.feblock_size for size in fe_layers + [layers[-1]])
+    return trainable, trainable + user[1] + item[1]
+
+
+@pytest.mark.parametrize("switch", SWITCHES.values(), ids=SWITCHES.keys())
+def test_parameter_count_matches_the_architecture(schema, switch):
+    config = tiny_config(**switch)
+    net = IntTower(schema, config)
+
+    trainable = sum(p.size for p in net.trainable_params())
+    total = sum(p.size for p in net.get_parameters())
+
+    assert (trainable, total) == expected_parameter_counts(schema, config)
