@@ -140,12 +140,13 @@ def main(argv=None):
     epochs_without_gain = len(progress["epochs"]) - (progress["best_epoch"] or 0)
     while progress["epoch"] < config.epochs and steps_left > 0 and epochs_without_gain < config.patience:
         epoch = progress["epoch"]
-        if args.deterministic and (epoch > 0 or progress["step"] > 0):
-            # every epoch starts as a resumed run would: fresh dropout streams seeded by the epoch
-            saved_params = {p.name: p.value().copy() for cell in (net, optimizer) for p in cell.get_parameters()}
-            net, optimizer, step = build(data.schema, config, (config.seed + 1 + epoch) % 2**31)
-            util.load_parameters(net, saved_params, "the previous epoch")
-            util.load_parameters(optimizer, saved_params, "the previous epoch")
+        if args.deterministic and epoch > 0:
+            # every epoch starts exactly as a resumed run does: rebuilt with dropout streams seeded
+            # by the epoch, weights and optimizer state from the last checkpoint
+            net, optimizer, step = build(data.schema, config, (config.seed + epoch) % 2**31)
+            params, _ = util.load_checkpoint(last_path)
+            util.load_parameters(net, params, last_path)
+            util.load_parameters(optimizer, params, last_path)
         step.set_train(True)
         order = util.epoch_order(n_train, config.seed, epoch)
         shuffled = {name: np.ascontiguousarray(train[name][order]) for name in names + ("label",)}
