@@ -102,8 +102,33 @@ def evaluate(net, split: dict, names, quiet: bool) -> tuple:
     return util.global_metrics(split["label"], predictions), seconds
 
 
+def train_epoch(step, shuffled: dict, names, slices, progress: dict, steps_left: float, stop_requested,
+                last_path: str, desc: str, quiet: bool) -> list:
+    """Run the epoch's remaining steps (from progress["step"]), advancing progress["step"]; stop
+    early on Ctrl-C or when steps_left runs out. Returns the step losses."""
+    losses, start_time = [], time.perf_counter()
+    bar = util.progress(range(progress["step"], len(slices)), quiet, desc=desc)
+    for i in bar:
+        lo, hi = slices[i]
+        loss = float(step(ms.Tensor(shuffled["label"][lo:hi]), *util.to_tensors(shuffled, names, lo, hi)).asnumpy())
+        if not math.isfinite(loss):
+            kept = f"The last good checkpoint {last_path} is kept. " if os.path.exists(last_path) else ""
+            raise util.UsageError(f"training diverged: loss is {loss} at {desc} step {i + 1}. {kept}"
+                                  "Lower --lr (or check the data) and run again.")
+        losses.append(loss)
+        progress["step"] = i + 1
+        if i % 20 == 0:
+            rows = len(losses) * (hi - lo)  # training batches all have one size
+            bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rows / (time.perf_counter() - start_time):.0f}")
+        if len(losses) >= steps_left or stop_requested.is_set():
+            break
+    bar.close()
+    return losses
+
+
 def main(argv=None):
     args = parse_args(argv)
+    stop_requested = util.ctrl_c_event()
     last_path = os.path.join(args.out_dir, LAST_NAME)
     best_path = os.path.join(args.out_dir, BEST_NAME)
     config, resumed = resolve_config(args, last_path)
@@ -111,30 +136,24 @@ def main(argv=None):
     data = get_dataset.load_dataset(config, args.data_root, download=args.download,
                                     use_cache=not args.no_cache, quiet=args.quiet)
     names = input_names(config)
-    train = data.train
-    n_train = len(train["label"])
+    n_train = len(data.train["label"])
     batch_size = min(config.batch_size, n_train)
     slices = util.batch_slices(n_train, batch_size, drop_last=True)
     util.log(f"training {config.model} on {config.dataset} ({config.protocol} protocol): {n_train} train rows, "
              f"{len(slices)} steps of {batch_size} per epoch, {'PyNative' if args.pynative else 'graph'} mode")
 
     net, optimizer, step = build(data.schema, config, config.seed)
-    progress = {"epoch": 0, "step": 0, "epochs": [], "best_epoch": None, "best_valid_auc": -math.inf}
+    progress = {"epoch": 0, "step": 0, "epochs": [], "best_epoch": None, "best_valid_auc": None}
     if resumed:
-        params, meta = resumed
+        params, stored = resumed
         util.load_parameters(net, params, last_path)
         util.load_parameters(optimizer, params, last_path)
-        progress = meta["optimizer_state"]
+        progress = stored["optimizer_state"]
         util.log(f"resuming {last_path} at epoch {progress['epoch'] + 1}, step {progress['step']}")
-
     meta = {"config": dataclasses.asdict(config), "schema": data.schema}
 
     def save_last():
         util.save_checkpoint(last_path, (net, optimizer), dict(meta, optimizer_state=progress))
-
-    def write_metrics():
-        util.write_json(os.path.join(args.out_dir, METRICS_NAME),
-                        {"config": meta["config"], "best_epoch": progress["best_epoch"], "epochs": progress["epochs"]})
 
     steps_left = args.max_steps if args.max_steps is not None else math.inf
     epochs_without_gain = len(progress["epochs"]) - (progress["best_epoch"] or 0)
@@ -149,54 +168,37 @@ def main(argv=None):
             util.load_parameters(optimizer, params, last_path)
         step.set_train(True)
         order = util.epoch_order(n_train, config.seed, epoch)
-        shuffled = {name: np.ascontiguousarray(train[name][order]) for name in names + ("label",)}
-        first = progress["step"]
-        bar = util.progress(range(first, len(slices)), args.quiet, desc=f"epoch {epoch + 1}/{config.epochs}")
-        losses, start_time, trained_rows = [], time.perf_counter(), 0
-        try:
-            for i in bar:
-                lo, hi = slices[i]
-                loss = step(ms.Tensor(shuffled["label"][lo:hi]), *util.to_tensors(shuffled, names, lo, hi)).asnumpy()
-                if not np.isfinite(loss):
-                    raise util.UsageError(
-                        f"training diverged: loss is {float(loss)} at epoch {epoch + 1} step {i + 1}. "
-                        f"{'The last good checkpoint ' + last_path + ' is kept. ' if os.path.exists(last_path) else ''}"
-                        "Lower --lr (or check the data) and run again.")
-                losses.append(float(loss))
-                trained_rows += hi - lo
-                progress["step"] = i + 1
-                steps_left -= 1
-                if i % 20 == 0:
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}",
-                                    samples_s=f"{trained_rows / (time.perf_counter() - start_time):.0f}")
-                if steps_left <= 0:
-                    break
-        except KeyboardInterrupt:
-            bar.close()
+        shuffled = {name: np.ascontiguousarray(data.train[name][order]) for name in names + ("label",)}
+        start_time = time.perf_counter()
+        losses = train_epoch(step, shuffled, names, slices, progress, steps_left, stop_requested, last_path,
+                             f"epoch {epoch + 1}/{config.epochs}", args.quiet)
+        seconds = time.perf_counter() - start_time
+        steps_left -= len(losses)
+        if stop_requested.is_set():
             save_last()
             util.log(f"interrupted: saved {last_path} at epoch {epoch + 1} step {progress['step']}; "
                      "continue with --resume")
             return 130
-        seconds = time.perf_counter() - start_time
-        bar.close()
         valid_metrics, valid_seconds = evaluate(net, data.valid, names, args.quiet)
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
+        trained_rows = len(losses) * batch_size
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
                   "valid_auc": valid_metrics["auc"], "valid_logloss": valid_metrics["logloss"],
-                  "seconds": seconds, "samples_per_s": trained_rows / seconds if seconds > 0 else None,
+                  "seconds": seconds, "samples_per_s": trained_rows / seconds,
                   "steps": len(losses), "valid_seconds": valid_seconds}
         progress["epochs"].append(record)
         progress["epoch"], progress["step"] = epoch + 1, 0
         util.log(f"epoch {epoch + 1}: train_loss={record['train_loss']:.4f} valid_auc={record['valid_auc']:.4f} "
                  f"valid_logloss={record['valid_logloss']:.4f} ({seconds:.1f} s, {record['samples_per_s']:.0f} "
                  f"samples/s; valid {len(data.valid['label']) / valid_seconds:.0f} samples/s)")
-        if valid_metrics["auc"] > progress["best_valid_auc"]:
+        if progress["best_valid_auc"] is None or valid_metrics["auc"] > progress["best_valid_auc"]:
             progress["best_valid_auc"], progress["best_epoch"] = valid_metrics["auc"], epoch + 1
             epochs_without_gain = 0
             util.save_checkpoint(best_path, (net,), dict(meta, epoch=epoch + 1, valid_auc=valid_metrics["auc"]))
         else:
             epochs_without_gain += 1
         save_last()
-        write_metrics()
+        util.write_json(os.path.join(args.out_dir, METRICS_NAME),
+                        {"config": meta["config"], "best_epoch": progress["best_epoch"], "epochs": progress["epochs"]})
     if epochs_without_gain >= config.patience:
         util.log(f"early stop: no better valid AUC for {config.patience} epochs")
     util.log(f"best epoch {progress['best_epoch']} (valid_auc={progress['best_valid_auc']:.4f}) -> {best_path}")
