@@ -165,9 +165,15 @@ def to_tensors(split: dict, names, start: int = 0, stop: int = None):
 
 
 def predict(net, split: dict, names, quiet: bool = True) -> np.ndarray:
-    """Click probabilities for every row of a split, in inference mode, in large batches."""
+    """Click probabilities for every row of a split, in inference mode, in large batches. The
+    last batch wraps around to the split's first rows to keep its size: one compiled graph
+    serves every batch of every split."""
+    import mindspore as ms
     net.set_train(False)
     n = len(split["label"])
-    batches = batch_slices(n, EVAL_BATCH_SIZE, drop_last=False)
-    out = [net(*to_tensors(split, names, start, stop)).asnumpy() for start, stop in progress(batches, quiet, desc="predict", leave=False)]
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+    batch_size = min(EVAL_BATCH_SIZE, n)
+    out = []
+    for start in progress(range(0, n, batch_size), quiet, desc="predict", leave=False):
+        rows = np.arange(start, start + batch_size) % n
+        out.append(net(*(ms.Tensor(split[name][rows]) for name in names)).asnumpy())
+    return np.concatenate(out)[:n]

@@ -1,0 +1,298 @@
+"""Export a checkpoint for inference: the full model as MindIR (default) or ONNX, a JSON signature
+beside every file, and with --serving the pre-ranking split (user tower, item tower, scorer and
+the item index of every item's cached heads).
+
+python export.py [--ckpt output/IntTower.ckpt] [--file-format MINDIR|ONNX|AIR] [--batch-size 2048]
+                 [--file-name output/IntTower] [--serving] [--verify]
+writes output/IntTower.mindir + output/IntTower.mindir.json; --serving adds
+output/IntTower_{user_tower,item_tower,scorer}.mindir (+ .json) and output/IntTower_item_index.npz.
+--batch-size 0 exports the full model with a dynamic batch axis (MindIR only); the serving files
+always have a dynamic batch (towers) or a dynamic candidate count (scorer). A plain export needs
+only the checkpoint; --serving (the item table) and --verify (the test split) also read the
+checkpoint's dataset under --data-root.
+"""
+import argparse
+import os
+
+import mindspore as ms
+import mindspore.onnx
+import numpy as np
+import onnxruntime
+from mindspore import Tensor, nn
+
+import get_dataset
+import util
+from eval import load_matching_dataset
+from model import input_names, item_input_names, model_from_checkpoint, user_input_names
+
+EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
+TOLERANCE = 1e-5  # --verify fails above this max absolute difference
+VERIFY_ROWS = 2048  # test rows per verification batch
+VERIFY_USERS = 100  # users whose test items check the serving path against the full model
+# the full model's and the scorer's output (each file sets its shape)
+PROBABILITY = {"name": "probability", "dtype": "float32", "shape": None,
+               "feature": "click probability of each (user, item) row: sigmoid(FE-Block score + bias)"}
+
+# What each input holds (get_dataset.py encodes them; sparse ids are 1..vocab-1, 0 = unknown).
+FEATURES = {
+    "user_id": "encoded user id (0 = unknown user)",
+    "gender": "encoded gender (0 = unknown)",
+    "age": "encoded ML-1M age bucket (0 = unknown)",
+    "occupation": "encoded occupation (0 = unknown)",
+    "user_mean_rating": "the user's share of positive ratings, scaled to [0, 1]",
+    "movie_id": "encoded movie id (0 = unknown movie)",
+    "genres": "encoded genre ids of the movie, left-aligned, 0 = padding (mean-pooled)",
+    "item_mean_rating": "the movie's share of positive ratings, scaled to [0, 1]",
+}
+
+
+class UserTower(nn.Cell):
+    """User features -> the stacked FE heads of every user layer, [B, U, d]."""
+
+    def __init__(self, net):
+        super().__init__(auto_prefix=False)
+        self.net = net
+
+    def construct(self, *user_features):
+        return self.net.user_heads(*user_features)
+
+
+class ItemTower(nn.Cell):
+    """Item features -> the item's FE heads, [B, V, d]."""
+
+    def __init__(self, net):
+        super().__init__(auto_prefix=False)
+        self.net = net
+
+    def construct(self, *item_features):
+        return self.net.item_heads(*item_features)
+
+
+class Scorer(nn.Cell):
+    """One user's heads [U, d] and N items' cached heads [N, V, d] -> N click probabilities."""
+
+    def __init__(self, net):
+        super().__init__(auto_prefix=False)
+        self.net = net
+
+    def construct(self, user_heads, item_heads):
+        return self.net.score_candidates(user_heads, item_heads)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", default="output/IntTower.ckpt", help="checkpoint (default output/IntTower.ckpt)")
+    parser.add_argument("--file-format", choices=list(EXTENSIONS), default="MINDIR",
+                        help="MINDIR (default), ONNX (fixed batch; runs in onnxruntime) or AIR (Ascend only)")
+    parser.add_argument("--batch-size", type=int, default=2048,
+                        help="batch axis of the full model (default 2048, the published export); "
+                             "0 = dynamic batch (MINDIR only)")
+    parser.add_argument("--file-name", default="output/IntTower",
+                        help="output path without extension (default output/IntTower): writes NAME.mindir "
+                             "or NAME.onnx, each with NAME.<ext>.json")
+    parser.add_argument("--serving", action="store_true",
+                        help="also write NAME_user_tower.mindir, NAME_item_tower.mindir, NAME_scorer.mindir "
+                             "(MindIR whatever --file-format says) and NAME_item_index.npz")
+    parser.add_argument("--verify", action="store_true",
+                        help=f"reload every written file and compare with the checkpoint on test rows; "
+                             f"exit 1 if a max absolute difference exceeds {TOLERANCE:g}")
+    parser.add_argument("--device-target", choices=["CPU", "GPU", "Ascend"], default="CPU", help="default CPU")
+    get_dataset.add_data_args(parser)  # the checkpoint's data: read only for --serving and --verify
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# Signatures: the sidecar entries also drive the export's input shapes, so the two always agree
+
+def feature_inputs(names, schema, batch):
+    """Sidecar entries of feature inputs; batch None = a dynamic batch axis."""
+    entries = []
+    for name in names:
+        dense = name in schema["dense_range"]
+        low, high = schema["dense_range"][name] if dense else (0, schema["vocab"][name])
+        entries.append({"name": name, "dtype": "float32" if dense else "int32",
+                        "shape": [batch, schema["max_genres"]] if name == "genres" else [batch],
+                        "feature": FEATURES[name], "low": low, "high": high})
+    return entries
+
+
+def export_args(entries):
+    """A placeholder tensor per input: shape-only where an axis is dynamic, zeros otherwise."""
+    return tuple(Tensor(shape=e["shape"], dtype=getattr(ms, e["dtype"])) if None in e["shape"]
+                 else Tensor(np.zeros(e["shape"], e["dtype"])) for e in entries)
+
+
+def write_model(cell, inputs, outputs, config, path, file_format):
+    """Export `cell` to `path` atomically, then its signature to `path`.json."""
+    cell.set_train(False)
+    args = export_args(inputs)
+    if file_format == "ONNX":
+        util.atomic_write(path, lambda tmp: mindspore.onnx.export(
+            cell, *args, file_name=tmp, input_names=[e["name"] for e in inputs],
+            output_names=[e["name"] for e in outputs]))
+    else:
+        # the temporary name already ends in the extension, so ms.export does not append another
+        util.atomic_write(path, lambda tmp: ms.export(cell, *args, file_name=tmp, file_format=file_format))
+    util.write_json(path + ".json", {"inputs": inputs, "outputs": outputs, "config": config,
+                                     "mindspore_version": ms.__version__})
+    util.log(f"wrote {path} and {path}.json")
+
+
+def item_heads_of(item_tower, items, names, quiet):
+    """Every item's heads [N, V, d], in the order of the item table."""
+    slices = util.batch_slices(len(items["movie_id"]), util.EVAL_BATCH_SIZE, drop_last=False)
+    return np.concatenate([item_tower(*util.to_tensors(items, names, start, stop)).asnumpy()
+                           for start, stop in util.progress(slices, quiet, desc="item index", leave=False)])
+
+
+def write_item_index(path, item_heads, items, bias):
+    """Every item's heads with its encoded and raw ids, row by row, and the scorer's bias (so the
+    heads can be scored outside MindSpore: benchmarks/bench_prerank.py has a numpy scorer)."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, item_heads=item_heads, movie_id=items["movie_id"], raw_movie_id=items["raw_movie_id"],
+                     bias=bias)
+    util.atomic_write(path, write)
+    util.log(f"wrote {path} ({len(item_heads)} items)")
+
+
+def write_serving_models(net, config, meta, name):
+    """NAME_user_tower, NAME_item_tower and NAME_scorer .mindir with their sidecars: the towers with a
+    dynamic batch, the scorer with a dynamic candidate count. -> {part: path}."""
+    schema, config_dict = meta["schema"], meta["config"]
+    user_names, item_names = user_input_names(config), item_input_names(config)
+    user_tower, item_tower = UserTower(net), ItemTower(net)
+    # head counts and size from one all-zero row (0, the unknown id, is a valid input)
+    _, heads_per_user, head_dim = user_tower(*export_args(feature_inputs(user_names, schema, 1))).shape
+    heads_per_item = item_tower(*export_args(feature_inputs(item_names, schema, 1))).shape[1]
+    user_heads = {"name": "user_heads", "dtype": "float32", "shape": [None, heads_per_user, head_dim],
+                  "feature": "FE heads of every user layer, stacked"}
+    item_heads = {"name": "item_heads", "dtype": "float32", "shape": [None, heads_per_item, head_dim],
+                  "feature": "FE heads of the item's last layer"}
+    # the scorer's inputs are unbounded floats: low/high null
+    scorer_inputs = [dict(user_heads, shape=[heads_per_user, head_dim], low=None, high=None,
+                          feature="one user's heads: the user tower's output for that user"),
+                     dict(item_heads, low=None, high=None,
+                          feature="N candidates' heads: rows of the item index (item tower outputs)")]
+    files = {part: f"{name}_{part}.mindir" for part in ("user_tower", "item_tower", "scorer")}
+    write_model(user_tower, feature_inputs(user_names, schema, None), [user_heads], config_dict,
+                files["user_tower"], "MINDIR")
+    write_model(item_tower, feature_inputs(item_names, schema, None), [item_heads], config_dict,
+                files["item_tower"], "MINDIR")
+    write_model(Scorer(net), scorer_inputs, [dict(PROBABILITY, shape=[None])], config_dict, files["scorer"], "MINDIR")
+    return files
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification: every written file against the checkpoint's network, on real test rows
+
+def numpy_fn(cell):
+    return lambda *arrays: cell(*(Tensor(a) for a in arrays)).asnumpy()
+
+
+def load_exported(path):
+    """A function numpy arrays -> numpy array running the file as written."""
+    if path.endswith(".onnx"):
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        return lambda *arrays: session.run(None, dict(zip(names, arrays)))[0]
+    return numpy_fn(nn.GraphCell(ms.load(path)))
+
+
+def repeated_rows(test, size):
+    """`size` real test rows (repeated if the split is smaller), as a split dict."""
+    take = np.arange(size) % len(test["label"])
+    return {name: values[take] for name, values in test.items()}
+
+
+def max_diff(run_a, run_b, batches):
+    return max(float(np.abs(run_a(*batch) - run_b(*batch)).max()) for batch in batches)
+
+
+def feature_batches(test, names, batch_size):
+    """A fixed-batch file sees one full batch; a dynamic one a single row and a large batch."""
+    sizes = [batch_size] if batch_size else [1, VERIFY_ROWS]
+    return [tuple(repeated_rows(test, size)[name] for name in names) for size in sizes]
+
+
+def serving_diff(files, net, index, test, config):
+    """scorer(user tower(user), item index rows of the user's test items) against the full model on
+    the same (user, item) test rows, for up to VERIFY_USERS users."""
+    user_tower, scorer = load_exported(files["user_tower"]), load_exported(files["scorer"])
+    full = numpy_fn(net)
+    index_row = np.full(int(max(test["movie_id"].max(), index["movie_id"].max())) + 1, -1)
+    index_row[index["movie_id"]] = np.arange(len(index["movie_id"]))
+    diff = 0.0
+    for user in np.unique(test["user_id"])[:VERIFY_USERS]:
+        rows = np.flatnonzero((test["user_id"] == user) & (index_row[test["movie_id"]] >= 0))
+        if len(rows) == 0:
+            continue
+        heads = user_tower(*(test[name][rows[:1]] for name in user_input_names(config)))[0]
+        served = scorer(heads, index["item_heads"][index_row[test["movie_id"][rows]]])
+        expected = full(*(test[name][rows] for name in input_names(config)))
+        diff = max(diff, float(np.abs(served - expected).max()))
+    return diff
+
+
+def verify(files, net, config, test, items, batch_size):
+    """{what was checked: max absolute difference}."""
+    names = input_names(config)
+    diffs = {os.path.basename(files["model"]): max_diff(
+        load_exported(files["model"]), numpy_fn(net), feature_batches(test, names, batch_size))}
+    if "scorer" in files:
+        for part, cell, part_names in (("user_tower", UserTower(net), user_input_names(config)),
+                                       ("item_tower", ItemTower(net), item_input_names(config))):
+            diffs[os.path.basename(files[part])] = max_diff(
+                load_exported(files[part]), numpy_fn(cell), feature_batches(test, part_names, 0))
+        with np.load(files["item_index"]) as z:
+            index = {key: z[key] for key in z.files}
+        item_tower = load_exported(files["item_tower"])
+        diffs[os.path.basename(files["item_index"]) + " vs item tower"] = float(np.abs(
+            index["item_heads"] - item_tower(*(items[name] for name in item_input_names(config)))).max())
+        diffs["serving (user tower + item index + scorer) vs full model"] = serving_diff(files, net, index, test, config)
+    return diffs
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.batch_size < 0:
+        raise util.UsageError(f"--batch-size must be >= 0 (0 = dynamic batch), got {args.batch_size}")
+    if args.file_format == "AIR" and args.device_target != "Ascend":
+        raise util.UsageError("--file-format AIR can only be written on Ascend (MindSpore builds AIR with the "
+                              "Ascend toolkit); on this machine use --file-format MINDIR (for Ascend 310 / "
+                              "MindSpore Lite) or ONNX")
+    if args.file_format == "ONNX" and args.batch_size == 0:
+        raise util.UsageError("--file-format ONNX needs a fixed --batch-size (MindSpore's ONNX export keeps the "
+                              "export batch inside its Reshapes); use --batch-size N, or MINDIR for a dynamic batch")
+    ms.set_device(args.device_target)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    net, config, meta = model_from_checkpoint(args.ckpt)
+    data = load_matching_dataset(meta, config, args) if args.verify or args.serving else None
+
+    extension = EXTENSIONS[args.file_format]
+    name = args.file_name[:-len(extension)] if args.file_name.endswith(extension) else args.file_name
+    files = {"model": name + extension}
+    batch = args.batch_size or None
+    write_model(net, feature_inputs(input_names(config), meta["schema"], batch), [dict(PROBABILITY, shape=[batch])],
+                meta["config"], files["model"], args.file_format)
+
+    if args.serving:
+        files.update(write_serving_models(net, config, meta, name))
+        files["item_index"] = f"{name}_item_index.npz"
+        item_heads = item_heads_of(ItemTower(net), data.items, item_input_names(config), args.quiet)
+        write_item_index(files["item_index"], item_heads, data.items, net.bias.asnumpy())
+
+    if not args.verify:
+        return 0
+    diffs = verify(files, net, config, data.test, data.items, args.batch_size)
+    for what, diff in diffs.items():
+        print(f"verify {what}: max_abs_diff={diff:.3g}")
+    failed = [what for what, diff in diffs.items() if not diff <= TOLERANCE]
+    if failed:
+        util.log(f"verify failed: {', '.join(failed)} differ from the checkpoint by more than {TOLERANCE:g}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    util.run_cli(main)
