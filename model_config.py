@@ -29,16 +29,17 @@ class Config:
     # FE-Block over every user layer ("all": the paper, the published use_multi_layer=True)
     # or only the last one (ablation)
     fe_layers: str = "all"
+    # loss = BCE + cir_weight * CIR; the published MindSpore code defines CIR but never adds it (= 0)
     cir_weight: float = 1.0
     # the published code's InfoNCE temperature
     cir_temperature: float = 0.07
     l2_embedding: float = 0.0
     # Initialisation of the FE-Block projections. MaxSim sums 12 user heads x (max over 4 item
-    # heads) of 64-d dot products, unscaled: with MindSpore's default Dense initialiser
-    # (HeUniform) the initial logits of the full ML-1M-shaped model have std 5.4 (the sigmoid
-    # saturates for a large share of rows and the first steps' BCE is ~5); Normal(0.01), the
-    # `normal` of the published code, gives std 0.30. The towers' Dense layers keep the default,
-    # as BatchNorm follows each of them.
+    # heads) of 64-d dot products, unscaled. Std of the initial logits of the full ML-1M-shaped
+    # model in train mode: MindSpore's default Dense initialiser (HeUniform) 5.4, which saturates
+    # the sigmoid for a large share of rows; `normal` (Normal(sigma=0.01), the initialiser the
+    # published code names) 0.30; Normal(0.1) 25.6. So the projections use Normal(fe_init_std);
+    # the towers' Dense layers keep the default, as a BatchNorm follows each of them.
     fe_init_std: float = 0.01
 
     # training
@@ -64,8 +65,10 @@ def add_config_args(parser: argparse.ArgumentParser, data_only: bool = False) ->
     d = Config()
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", choices=["ml-1m", "ml-100k", "synthetic"], help=f"dataset (default {d.dataset})")
-    g.add_argument("--protocol", choices=["paper", "strict"], help=f"feature/split protocol (default {d.protocol}; see README)")
-    g.add_argument("--split", choices=["random", "temporal"], help="strict protocol only: random or temporal split (default random)")
+    g.add_argument("--protocol", choices=["paper", "strict"],
+                   help=f"feature/split protocol (default {d.protocol}; see README)")
+    g.add_argument("--split", choices=["random", "temporal"],
+                   help="strict protocol only: random or temporal split (default random)")
     g.add_argument("--seed", type=int, help=f"seed for the split, initialisation and data order (default {d.seed})")
     g.add_argument("--synthetic-scale", type=float, help="fraction of the full synthetic ML-1M size (default 1.0)")
     if data_only:
@@ -80,7 +83,8 @@ def add_config_args(parser: argparse.ArgumentParser, data_only: bool = False) ->
     g.add_argument("--no-lightse", dest="use_lightse", action="store_const", const=False, help="ablation: no Light-SE")
     g.add_argument("--no-genres", dest="use_genres", action="store_const", const=False,
                    help="drop genres from the item tower (the published MindSpore code's item tower)")
-    g.add_argument("--fe-layers", choices=["all", "last"], help="FE-Block over all user layers (default) or the last only")
+    g.add_argument("--fe-layers", choices=["all", "last"],
+                   help="FE-Block over all user layers (default) or the last only")
     g.add_argument("--cir-weight", type=float, help=f"weight of the CIR loss, 0 disables it (default {d.cir_weight})")
     g.add_argument("--cir-temperature", type=temperature,
                    help=f"CIR temperature tau, at least {MIN_CIR_TEMPERATURE} (default {d.cir_temperature})")
@@ -89,7 +93,8 @@ def add_config_args(parser: argparse.ArgumentParser, data_only: bool = False) ->
     g.add_argument("--epochs", type=int, help=f"epochs (default {d.epochs})")
     g.add_argument("--batch-size", type=int, help=f"batch size (default {d.batch_size})")
     g.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr})")
-    g.add_argument("--patience", type=int, help=f"early stopping: epochs without a better valid AUC (default {d.patience})")
+    g.add_argument("--patience", type=int,
+                   help=f"early stopping: epochs without a better valid AUC (default {d.patience})")
 
 
 def config_from_args(args: argparse.Namespace, base: Config = None) -> Config:

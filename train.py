@@ -49,7 +49,9 @@ def parse_args(argv=None):
     get_dataset.add_data_args(parser)
     g = parser.add_argument_group("run")
     g.add_argument("--out-dir", default="output", help="where checkpoints and metrics go (default output/)")
-    g.add_argument("--max-steps", type=int, help="stop after this many train steps in this run")
+    g.add_argument("--max-steps", type=int,
+                   help="stop after this many train steps in this run (the epoch in progress ends there: "
+                        "it is validated and checkpointed)")
     g.add_argument("--resume", action="store_true", help=f"continue from <out-dir>/{LAST_NAME}")
     g.add_argument("--deterministic", action="store_true",
                    help="identical weights for identical runs: one CPU thread and dropout reseeded per epoch "
@@ -82,8 +84,11 @@ def resolve_config(args, last_path: str):
     flags that may change between sessions)."""
     if not args.resume:
         return model_config.config_from_args(args), None
+    if not os.path.isfile(last_path):
+        raise util.UsageError(f"nothing to resume: {last_path} does not exist; train without --resume, or point "
+                              "--out-dir at the interrupted run")
     params, meta = util.load_checkpoint(last_path)
-    if "optimizer_state" not in meta:
+    if "progress" not in meta:
         raise util.UsageError(f"{last_path} holds no optimizer state; --resume needs the -last checkpoint")
     stored = model_config.Config(**meta["config"])
     config = model_config.config_from_args(args, stored)
@@ -148,12 +153,12 @@ def main(argv=None):
         params, stored = resumed
         util.load_parameters(net, params, last_path)
         util.load_parameters(optimizer, params, last_path)
-        progress = stored["optimizer_state"]
+        progress = stored["progress"]
         util.log(f"resuming {last_path} at epoch {progress['epoch'] + 1}, step {progress['step']}")
     meta = {"config": dataclasses.asdict(config), "schema": data.schema}
 
     def save_last():
-        util.save_checkpoint(last_path, (net, optimizer), dict(meta, optimizer_state=progress))
+        util.save_checkpoint(last_path, (net, optimizer), dict(meta, progress=progress))
 
     steps_left = args.max_steps if args.max_steps is not None else math.inf
     epochs_without_gain = len(progress["epochs"]) - (progress["best_epoch"] or 0)

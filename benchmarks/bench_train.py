@@ -23,7 +23,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import mindspore as ms  # noqa: E402
-import numpy as np  # noqa: E402
 from mindspore import nn  # noqa: E402
 
 import get_dataset  # noqa: E402

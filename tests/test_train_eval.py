@@ -137,7 +137,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, data_root):
     assert process.returncode == 130, stderr[-2000:]
     assert "interrupted" in stderr and last.stat().st_mtime_ns > first_save
     _, meta = util.load_checkpoint(str(last))
-    assert meta["optimizer_state"]["epoch"] >= 1
+    assert meta["progress"]["epoch"] >= 1
 
 
 def test_diverging_training_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path, data_root):
