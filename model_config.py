@@ -7,6 +7,8 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
+from util import UsageError
+
 
 @dataclass
 class Config:
@@ -49,15 +51,15 @@ class Config:
     patience: int = 3
 
 
-# CIRLoss computes exp(logits) with |logits| <= 1/tau without a max-subtraction pass
-MIN_CIR_TEMPERATURE = 0.02
-
-
-def temperature(text: str) -> float:
-    value = float(text)
-    if value < MIN_CIR_TEMPERATURE:
-        raise argparse.ArgumentTypeError(f"must be at least {MIN_CIR_TEMPERATURE} (exp(1/tau) overflows float32 below)")
-    return value
+def positive(cast):
+    """An argparse type for numbers > 0 (a bad value exits 2 naming the flag)."""
+    def parse(text: str):
+        value = cast(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    parse.__name__ = cast.__name__  # argparse names the type in its message
+    return parse
 
 
 def add_config_args(parser: argparse.ArgumentParser, data_only: bool = False) -> None:
@@ -70,15 +72,17 @@ def add_config_args(parser: argparse.ArgumentParser, data_only: bool = False) ->
     g.add_argument("--split", choices=["random", "temporal"],
                    help="strict protocol only: random or temporal split (default random)")
     g.add_argument("--seed", type=int, help=f"seed for the split, initialisation and data order (default {d.seed})")
-    g.add_argument("--synthetic-scale", type=float, help="fraction of the full synthetic ML-1M size (default 1.0)")
+    g.add_argument("--synthetic-scale", type=positive(float),
+                   help="fraction of the full synthetic ML-1M size (default 1.0)")
     if data_only:
         return
     g = parser.add_argument_group("model")
     g.add_argument("--model", choices=["inttower", "two_tower"], help=f"model (default {d.model})")
-    g.add_argument("--mlp-layers", type=int, nargs="+", help=f"tower layer sizes (default {d.mlp_layers})")
-    g.add_argument("--feblock-size", type=int, help=f"FE projection size (default {d.feblock_size})")
-    g.add_argument("--head-num", type=int, help=f"FE heads (default {d.head_num})")
-    g.add_argument("--sparse-embedding-dim", type=int, help=f"embedding size (default {d.sparse_embedding_dim})")
+    g.add_argument("--mlp-layers", type=positive(int), nargs="+", help=f"tower layer sizes (default {d.mlp_layers})")
+    g.add_argument("--feblock-size", type=positive(int), help=f"FE projection size (default {d.feblock_size})")
+    g.add_argument("--head-num", type=positive(int), help=f"FE heads (default {d.head_num})")
+    g.add_argument("--sparse-embedding-dim", type=positive(int),
+                   help=f"embedding size (default {d.sparse_embedding_dim})")
     g.add_argument("--keep-rate", type=float, help=f"dropout keep rate (default {d.keep_rate})")
     g.add_argument("--no-lightse", dest="use_lightse", action="store_const", const=False, help="ablation: no Light-SE")
     g.add_argument("--no-genres", dest="use_genres", action="store_const", const=False,
@@ -86,14 +90,13 @@ def add_config_args(parser: argparse.ArgumentParser, data_only: bool = False) ->
     g.add_argument("--fe-layers", choices=["all", "last"],
                    help="FE-Block over all user layers (default) or the last only")
     g.add_argument("--cir-weight", type=float, help=f"weight of the CIR loss, 0 disables it (default {d.cir_weight})")
-    g.add_argument("--cir-temperature", type=temperature,
-                   help=f"CIR temperature tau, at least {MIN_CIR_TEMPERATURE} (default {d.cir_temperature})")
+    g.add_argument("--cir-temperature", type=positive(float), help=f"CIR temperature tau (default {d.cir_temperature})")
     g.add_argument("--l2-embedding", type=float, help=f"L2 penalty on embeddings (default {d.l2_embedding})")
     g = parser.add_argument_group("training")
-    g.add_argument("--epochs", type=int, help=f"epochs (default {d.epochs})")
-    g.add_argument("--batch-size", type=int, help=f"batch size (default {d.batch_size})")
-    g.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr})")
-    g.add_argument("--patience", type=int,
+    g.add_argument("--epochs", type=positive(int), help=f"epochs (default {d.epochs})")
+    g.add_argument("--batch-size", type=positive(int), help=f"batch size (default {d.batch_size})")
+    g.add_argument("--lr", type=positive(float), help=f"Adam learning rate (default {d.lr})")
+    g.add_argument("--patience", type=positive(int),
                    help=f"early stopping: epochs without a better valid AUC (default {d.patience})")
 
 
@@ -102,4 +105,9 @@ def config_from_args(args: argparse.Namespace, base: Config = None) -> Config:
     base = base or Config()
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
              if getattr(args, f.name, None) is not None}
-    return dataclasses.replace(base, **given)
+    config = dataclasses.replace(base, **given)
+    if config.feblock_size % config.head_num:
+        raise UsageError(f"--feblock-size {config.feblock_size} must be a multiple of --head-num {config.head_num}")
+    if not 0 < config.keep_rate <= 1:
+        raise UsageError(f"--keep-rate must be in (0, 1], got {config.keep_rate}")
+    return config
