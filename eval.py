@@ -60,7 +60,8 @@ def published_metrics(net, test: dict, names, batch_size: int) -> dict:
                 if 0 < labels[lo:hi].sum() < hi - lo]
         return float(np.mean(aucs))
 
-    return {"batch_mean_auc": batch_mean_auc(inference), "train_mode_auc": util.global_metrics(labels, train_mode)["auc"],
+    return {"batch_mean_auc": batch_mean_auc(inference),
+            "train_mode_auc": util.global_metrics(labels, train_mode)["auc"],
             "train_mode_batch_mean_auc": batch_mean_auc(train_mode)}
 
 

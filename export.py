@@ -23,7 +23,7 @@ from mindspore import Tensor, nn
 import get_dataset
 import util
 from eval import load_matching_dataset
-from model import input_names, item_input_names, model_from_checkpoint, user_input_names
+from model import MethodCell, input_names, item_input_names, model_from_checkpoint, user_input_names
 
 EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
 TOLERANCE = 1e-5  # --verify fails above this max absolute difference
@@ -44,39 +44,6 @@ FEATURES = {
     "genres": "encoded genre ids of the movie, left-aligned, 0 = padding (mean-pooled)",
     "item_mean_rating": "the movie's share of positive ratings, scaled to [0, 1]",
 }
-
-
-class UserTower(nn.Cell):
-    """User features -> the stacked FE heads of every user layer, [B, U, d]."""
-
-    def __init__(self, net):
-        super().__init__(auto_prefix=False)
-        self.net = net
-
-    def construct(self, *user_features):
-        return self.net.user_heads(*user_features)
-
-
-class ItemTower(nn.Cell):
-    """Item features -> the item's FE heads, [B, V, d]."""
-
-    def __init__(self, net):
-        super().__init__(auto_prefix=False)
-        self.net = net
-
-    def construct(self, *item_features):
-        return self.net.item_heads(*item_features)
-
-
-class Scorer(nn.Cell):
-    """One user's heads [U, d] and N items' cached heads [N, V, d] -> N click probabilities."""
-
-    def __init__(self, net):
-        super().__init__(auto_prefix=False)
-        self.net = net
-
-    def construct(self, user_heads, item_heads):
-        return self.net.score_candidates(user_heads, item_heads)
 
 
 def parse_args(argv=None):
@@ -161,7 +128,7 @@ def write_serving_models(net, config, meta, name):
     dynamic batch, the scorer with a dynamic candidate count. -> {part: path}."""
     schema, config_dict = meta["schema"], meta["config"]
     user_names, item_names = user_input_names(config), item_input_names(config)
-    user_tower, item_tower = UserTower(net), ItemTower(net)
+    user_tower, item_tower = MethodCell(net, "user_heads"), MethodCell(net, "item_heads")
     # head counts and size from one all-zero row (0, the unknown id, is a valid input)
     _, heads_per_user, head_dim = user_tower(*export_args(feature_inputs(user_names, schema, 1))).shape
     heads_per_item = item_tower(*export_args(feature_inputs(item_names, schema, 1))).shape[1]
@@ -179,7 +146,8 @@ def write_serving_models(net, config, meta, name):
                 files["user_tower"], "MINDIR")
     write_model(item_tower, feature_inputs(item_names, schema, None), [item_heads], config_dict,
                 files["item_tower"], "MINDIR")
-    write_model(Scorer(net), scorer_inputs, [dict(PROBABILITY, shape=[None])], config_dict, files["scorer"], "MINDIR")
+    write_model(MethodCell(net, "score_candidates"), scorer_inputs, [dict(PROBABILITY, shape=[None])], config_dict,
+                files["scorer"], "MINDIR")
     return files
 
 
@@ -240,8 +208,8 @@ def verify(files, net, config, test, items, batch_size):
     diffs = {os.path.basename(files["model"]): max_diff(
         load_exported(files["model"]), numpy_fn(net), feature_batches(test, names, batch_size))}
     if "scorer" in files:
-        for part, cell, part_names in (("user_tower", UserTower(net), user_input_names(config)),
-                                       ("item_tower", ItemTower(net), item_input_names(config))):
+        for part, cell, part_names in (("user_tower", MethodCell(net, "user_heads"), user_input_names(config)),
+                                       ("item_tower", MethodCell(net, "item_heads"), item_input_names(config))):
             diffs[os.path.basename(files[part])] = max_diff(
                 load_exported(files[part]), numpy_fn(cell), feature_batches(test, part_names, 0))
         with np.load(files["item_index"]) as z:
@@ -249,7 +217,8 @@ def verify(files, net, config, test, items, batch_size):
         item_tower = load_exported(files["item_tower"])
         diffs[os.path.basename(files["item_index"]) + " vs item tower"] = float(np.abs(
             index["item_heads"] - item_tower(*(items[name] for name in item_input_names(config)))).max())
-        diffs["serving (user tower + item index + scorer) vs full model"] = serving_diff(files, net, index, test, config)
+        diffs["serving (user tower + item index + scorer) vs full model"] = serving_diff(
+            files, net, index, test, config)
     return diffs
 
 
@@ -279,7 +248,7 @@ def main(argv=None):
     if args.serving:
         files.update(write_serving_models(net, config, meta, name))
         files["item_index"] = f"{name}_item_index.npz"
-        item_heads = item_heads_of(ItemTower(net), data.items, item_input_names(config), args.quiet)
+        item_heads = item_heads_of(MethodCell(net, "item_heads"), data.items, item_input_names(config), args.quiet)
         write_item_index(files["item_index"], item_heads, data.items, net.bias.asnumpy())
 
     if not args.verify:

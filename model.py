@@ -10,13 +10,10 @@ import mindspore as ms
 from mindspore import nn, ops, Parameter, Tensor
 from mindspore.common.initializer import Normal
 
+import util
+from get_dataset import ITEM_DENSE, ITEM_MULTI, ITEM_SPARSE, USER_DENSE, USER_SPARSE
+from model_config import Config
 from module import CIRLoss, LightSE, maxsim_candidates, maxsim_score
-
-USER_SPARSE = ("user_id", "gender", "age", "occupation")
-USER_DENSE = ("user_mean_rating",)
-ITEM_SPARSE = ("movie_id",)
-ITEM_MULTI = ("genres",)
-ITEM_DENSE = ("item_mean_rating",)
 
 
 def user_input_names(config):
@@ -161,12 +158,23 @@ class IntTower(nn.Cell):
         return loss
 
 
+class MethodCell(nn.Cell):
+    """One IntTower method ("user_heads", "item_heads" or "score_candidates") as a Cell of its own:
+    what export.py writes for serving, and a Cell whose set_train reaches the towers' BatchNorm
+    and Dropout (calling a sub-cell directly may reuse a graph compiled in the other mode)."""
+
+    def __init__(self, net, method: str):
+        super().__init__(auto_prefix=False)
+        self.net = net
+        self.method = method
+
+    def construct(self, *inputs):
+        return getattr(self.net, self.method)(*inputs)
+
+
 def model_from_checkpoint(path: str):
     """Rebuild the network a checkpoint was trained as, from the config and feature schema it
     carries, and load its weights. -> (net, config, meta). Bad or mismatched files: UsageError."""
-    import util
-    from model_config import Config
-
     params, meta = util.load_checkpoint(path)
     try:
         config = Config(**meta["config"])

@@ -49,7 +49,7 @@ def parse_args(argv=None):
     get_dataset.add_data_args(parser)
     g = parser.add_argument_group("run")
     g.add_argument("--out-dir", default="output", help="where checkpoints and metrics go (default output/)")
-    g.add_argument("--max-steps", type=int,
+    g.add_argument("--max-steps", type=model_config.positive(int),
                    help="stop after this many train steps in this run (the epoch in progress ends there: "
                         "it is validated and checkpointed)")
     g.add_argument("--resume", action="store_true", help=f"continue from <out-dir>/{LAST_NAME}")

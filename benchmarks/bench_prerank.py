@@ -26,7 +26,8 @@ from mindspore import Tensor, nn  # noqa: E402
 
 import export  # noqa: E402
 import util  # noqa: E402
-from model import IntTower, input_names, item_input_names, model_from_checkpoint, user_input_names  # noqa: E402
+from model import (IntTower, MethodCell, input_names, item_input_names, model_from_checkpoint,  # noqa: E402
+                   user_input_names)
 from model_config import Config  # noqa: E402
 
 # MovieLens-1M vocabularies (ids + 1 for the unknown id 0) and its longest genre list
@@ -91,7 +92,7 @@ def main(argv=None):
     user_names, item_names = user_input_names(config), item_input_names(config)
     user = random_features(user_names, schema, 1, rng)
     candidates = random_features(item_names, schema, max(args.sizes), rng)
-    cache = export.item_heads_of(export.ItemTower(net), candidates, item_names, quiet=True)
+    cache = export.item_heads_of(MethodCell(net, "item_heads"), candidates, item_names, quiet=True)
     heads_per_item, head_dim = cache.shape[1:]
     cache_flat = cache.reshape(-1, head_dim)
     bias = float(net.bias.asnumpy()[0])

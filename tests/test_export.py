@@ -239,7 +239,8 @@ def test_bad_input_exits_2(case, trained, tmp_path):
         ckpt = altered_checkpoint(trained, str(tmp_path / "vocab.ckpt"),
                                   lambda schema: schema["vocab"].update(user_id=schema["vocab"]["user_id"] + 5))
     elif case == "other data":
-        ckpt = altered_checkpoint(trained, str(tmp_path / "data.ckpt"), lambda schema: schema.update(data_hash="0" * 16))
+        ckpt = altered_checkpoint(trained, str(tmp_path / "data.ckpt"),
+                                  lambda schema: schema.update(data_hash="0" * 16))
     elif case == "AIR on CPU":
         flags = ["--file-format", "AIR"]
     else:

@@ -7,7 +7,7 @@ import pytest
 from mindspore import Tensor, nn, ops
 
 from conftest import tiny_config
-from model import IntTower, input_names, user_input_names
+from model import IntTower, MethodCell, input_names, user_input_names
 from module import CIRLoss, LightSE, maxsim_candidates, maxsim_score
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -59,35 +59,6 @@ def softmax(x, axis=-1):
 
 def all_finite(tensors):
     return all(np.isfinite(t.asnumpy()).all() for t in tensors)
-
-
-# Wrappers, so that set_train on the Cell actually called reaches BatchNorm and Dropout, and so that
-# each method compiles as its own graph in graph mode.
-class UserHeads(nn.Cell):
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def construct(self, *features):
-        return self.net.user_heads(*features)
-
-
-class ItemHeads(nn.Cell):
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def construct(self, *features):
-        return self.net.item_heads(*features)
-
-
-class CandidateScorer(nn.Cell):
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def construct(self, user_heads, item_heads):
-        return self.net.score_candidates(user_heads, item_heads)
 
 
 class FirstUserLayer(nn.Cell):
@@ -188,7 +159,7 @@ def test_full_model_equals_scorer_on_tower_outputs(schema, execution_mode, model
     net = randomize_parameters(IntTower(schema, config))
     features = random_features(schema, config, batch=10)
     user_features, item_features = split_features(config, features)
-    cells = (net, UserHeads(net), ItemHeads(net), CandidateScorer(net))
+    cells = (net, MethodCell(net, "user_heads"), MethodCell(net, "item_heads"), MethodCell(net, "score_candidates"))
     for cell in cells:
         cell.set_train(False)
     _, user_heads, item_heads, score_candidates = cells
