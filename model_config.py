@@ -51,6 +51,11 @@ class Config:
     patience: int = 3
 
 
+# CIRLoss takes exp(logits) with |logits| <= 1/tau, without a max-subtraction: float32 holds it
+# (summed over a batch) for tau down to about 0.013
+MIN_CIR_TEMPERATURE = 0.02
+
+
 def positive(cast):
     """An argparse type for numbers > 0 (a bad value exits 2 naming the flag)."""
     def parse(text: str):
@@ -108,6 +113,8 @@ def config_from_args(args: argparse.Namespace, base: Config = None) -> Config:
     config = dataclasses.replace(base, **given)
     if config.feblock_size % config.head_num:
         raise UsageError(f"--feblock-size {config.feblock_size} must be a multiple of --head-num {config.head_num}")
+    if config.cir_temperature < MIN_CIR_TEMPERATURE:
+        raise UsageError(f"--cir-temperature must be at least {MIN_CIR_TEMPERATURE}, got {config.cir_temperature}")
     if not 0 < config.keep_rate <= 1:
         raise UsageError(f"--keep-rate must be in (0, 1], got {config.keep_rate}")
     return config
