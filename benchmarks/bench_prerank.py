@@ -56,12 +56,15 @@ def random_features(names, schema, n, rng):
     return features
 
 
-def numpy_scores(user_heads, item_heads_flat, heads_per_item, bias):
-    """The scorer in numpy: [N*V, d] @ [d, U], max over the V item heads, sum over the U user heads."""
-    similarity = (item_heads_flat @ user_heads.T).reshape(-1, heads_per_item, user_heads.shape[0])
-    best = similarity[:, 0].copy()
-    for v in range(1, heads_per_item):  # elementwise max over V: about 2x faster than .max(axis=1) here
-        np.maximum(best, similarity[:, v], out=best)
+def numpy_scores(user_heads, item_heads_by_head, bias):
+    """The scorer in numpy on a cache laid out item-head first ([V, N, d], transposed once when the
+    index is loaded): one batched [N, d] @ [d, U] per item head, an elementwise max over the V
+    heads, a sum over the U user heads. The layout makes the max run over contiguous blocks:
+    0.65 ms instead of 0.84 ms for 10,000 candidates here."""
+    similarity = item_heads_by_head @ user_heads.T  # [V, N, U]
+    best = similarity[0]
+    for head in similarity[1:]:
+        np.maximum(best, head, out=best)
     return 1.0 / (1.0 + np.exp(-(best.sum(axis=1) + bias)))
 
 
@@ -94,7 +97,7 @@ def main(argv=None):
     candidates = random_features(item_names, schema, max(args.sizes), rng)
     cache = export.item_heads_of(MethodCell(net, "item_heads"), candidates, item_names, quiet=True)
     heads_per_item, head_dim = cache.shape[1:]
-    cache_flat = cache.reshape(-1, head_dim)
+    cache_by_head = np.ascontiguousarray(cache.transpose(1, 0, 2))
     bias = float(net.bias.asnumpy()[0])
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,8 +125,7 @@ def main(argv=None):
             return scorer(user_tower(*user_tensors)[0], cache_tensor).asnumpy()
 
         def numpy_split():
-            return numpy_scores(user_tower(*user_tensors).asnumpy()[0], cache_flat[:n * heads_per_item],
-                                heads_per_item, bias)
+            return numpy_scores(user_tower(*user_tensors).asnumpy()[0], cache_by_head[:, :n], bias)
 
         agreement = max(float(np.abs(full_model() - split()).max()) for split in (mindspore_split, numpy_split))
         full_repeats = max(5, min(args.repeats, args.full_rows // n))
