@@ -162,7 +162,8 @@ def main(argv=None):
 
     steps_left = args.max_steps if args.max_steps is not None else math.inf
     epochs_without_gain = len(progress["epochs"]) - (progress["best_epoch"] or 0)
-    while progress["epoch"] < config.epochs and steps_left > 0 and epochs_without_gain < config.patience:
+    while (progress["epoch"] < config.epochs and steps_left > 0 and epochs_without_gain < config.patience
+           and not stop_requested.is_set()):
         epoch = progress["epoch"]
         if args.deterministic and epoch > 0:
             # every epoch starts exactly as a resumed run does: rebuilt with dropout streams seeded
@@ -173,7 +174,7 @@ def main(argv=None):
             util.load_parameters(optimizer, params, last_path)
         step.set_train(True)
         order = util.epoch_order(n_train, config.seed, epoch)
-        shuffled = {name: np.ascontiguousarray(data.train[name][order]) for name in names + ("label",)}
+        shuffled = {name: data.train[name][order] for name in names + ("label",)}
         start_time = time.perf_counter()
         losses = train_epoch(step, shuffled, names, slices, progress, steps_left, stop_requested, last_path,
                              f"epoch {epoch + 1}/{config.epochs}", args.quiet)
@@ -204,6 +205,9 @@ def main(argv=None):
         save_last()
         util.write_json(os.path.join(args.out_dir, METRICS_NAME),
                         {"config": meta["config"], "best_epoch": progress["best_epoch"], "epochs": progress["epochs"]})
+    if stop_requested.is_set():
+        util.log(f"interrupted after epoch {progress['epoch']}: {last_path} is saved; continue with --resume")
+        return 130
     if epochs_without_gain >= config.patience:
         util.log(f"early stop: no better valid AUC for {config.patience} epochs")
     util.log(f"best epoch {progress['best_epoch']} (valid_auc={progress['best_valid_auc']:.4f}) -> {best_path}")
