@@ -179,3 +179,14 @@ def test_eval_refuses_a_checkpoint_that_does_not_match_the_code_or_the_data(trai
 def test_bad_flags_exit_2_with_one_message(tmp_path, flags, named):
     result = run("train.py", "--dataset", "synthetic", *flags, cwd=tmp_path, check=False)
     assert result.returncode == 2 and named in result.stderr and "Traceback" not in result.stderr
+
+
+def test_published_metrics_report_the_per_batch_auc_mean_and_the_train_mode_auc(trained, data_root):
+    result = run("eval.py", "--ckpt", "output/IntTower.ckpt", "--data-root", data_root, "--predictions",
+                 "published.csv", "--published-metrics", "--quiet", cwd=trained)
+    table = np.loadtxt(trained / "published.csv", delimiter=",", skiprows=1)
+    batches = [table[start:start + 512] for start in range(0, len(table), 512)]
+    batch_mean = np.mean([roc_auc_score(b[:, 0], b[:, 1]) for b in batches if 0 < b[:, 0].sum() < len(b)])
+    published = json.loads((trained / "output" / "eval_metrics.json").read_text())["published"]
+    assert published["batch_mean_auc"] == pytest.approx(batch_mean, abs=1e-6)
+    assert 0.5 < published["train_mode_auc"] < 1 and "published_train_mode_auc=" in result.stdout
