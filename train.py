@@ -115,7 +115,7 @@ def train_epoch(step, shuffled: dict, names, slices, progress: dict, steps_left:
     bar = util.progress(range(progress["step"], len(slices)), quiet, desc=desc)
     for i in bar:
         lo, hi = slices[i]
-        loss = float(step(ms.Tensor(shuffled["label"][lo:hi]), *util.to_tensors(shuffled, names, lo, hi)).asnumpy())
+        loss = float(step(*util.to_tensors(shuffled, ("label",) + names, lo, hi)).asnumpy())
         if not math.isfinite(loss):
             kept = f"The last good checkpoint {last_path} is kept. " if os.path.exists(last_path) else ""
             raise util.UsageError(f"training diverged: loss is {loss} at {desc} step {i + 1}. {kept}"
