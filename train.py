@@ -138,8 +138,9 @@ def main(argv=None):
     best_path = os.path.join(args.out_dir, BEST_NAME)
     config, resumed = resolve_config(args, last_path)
     setup_mindspore(args.device_target, args.pynative, args.deterministic)
-    data = get_dataset.load_dataset(config, args.data_root, download=args.download,
-                                    use_cache=not args.no_cache, quiet=args.quiet)
+    # a user with network and no data gets it by running train.py (SPEC 3)
+    data = get_dataset.load_dataset(config, args.data_root, download=True, use_cache=not args.no_cache,
+                                    quiet=args.quiet, source=args.source)
     names = input_names(config)
     n_train = len(data.train["label"])
     batch_size = min(config.batch_size, n_train)

