@@ -13,7 +13,7 @@ from mindspore.common.initializer import Normal
 import util
 from get_dataset import ITEM_DENSE, ITEM_MULTI, ITEM_SPARSE, USER_DENSE, USER_SPARSE
 from model_config import Config
-from module import CIRLoss, LightSE, maxsim_candidates, maxsim_score
+from module import BatchNorm, CIRLoss, LightSE, dense_then_norm, maxsim_candidates, maxsim_score
 
 
 def user_input_names(config):
@@ -30,10 +30,11 @@ def input_names(config):
 
 class Tower(nn.Cell):
     """Embeddings -> Light-SE -> BatchNorm on the input -> (Dense, BatchNorm, ReLU, Dropout) per
-    layer. Returns every layer's output (FE-Block reads them all).
+    layer. Returns the first layer's input and every layer's output (x0, h1, ..., hL): FE-Block
+    reads the outputs, or with fe_source="inputs" the inputs (x0, ..., h(L-1)).
     Inputs: the sparse ids, then the multi-valued ids (if any), then the dense values."""
 
-    def __init__(self, vocab_sizes, multi_vocab_size, dense_num, config):
+    def __init__(self, vocab_sizes, multi_vocab_size, dense_num, config, lightse=True):
         super().__init__()
         dim = config.sparse_embedding_dim
         self.embeddings = nn.CellList([nn.Embedding(size, dim) for size in vocab_sizes])
@@ -41,12 +42,14 @@ class Tower(nn.Cell):
         field_num = len(vocab_sizes) + int(self.has_multi)
         if self.has_multi:
             self.multi_embedding = nn.Embedding(multi_vocab_size, dim)
-        self.lightse = LightSE(field_num) if config.use_lightse else nn.Identity()
+        self.lightse = LightSE(field_num) if config.use_lightse and lightse else nn.Identity()
         in_dim = field_num * dim + dense_num
-        self.input_norm = nn.BatchNorm1d(in_dim)
+        self.input_norm = BatchNorm(in_dim) if config.input_norm else None
+        # the normalised input x0 is only needed explicitly when the FE-Block projects it
+        self.keep_input = config.fe_source == "inputs"
         layers = []
         for size in config.mlp_layers:
-            layers.append(nn.SequentialCell(nn.Dense(in_dim, size), nn.BatchNorm1d(size), nn.ReLU(),
+            layers.append(nn.SequentialCell(nn.Dense(in_dim, size), BatchNorm(size), nn.ReLU(),
                                             nn.Dropout(p=1.0 - config.keep_rate)))
             in_dim = size
         self.layers = nn.CellList(layers)
@@ -54,9 +57,10 @@ class Tower(nn.Cell):
 
     def pooled_multi(self, ids):
         """Mean of the embeddings of the non-padding ids (0 = padding)."""
-        mask = (ids > 0).astype(ms.float32).expand_dims(-1)
-        summed = (self.multi_embedding(ids) * mask).sum(axis=1)
-        return summed / ops.maximum(mask.sum(axis=1), 1.0)
+        mask = (ids > 0).astype(ms.float32)
+        # the masked sum as a [1, S] x [S, D] matmul per row: ReduceSum over the slot axis was 8x slower
+        summed = ops.bmm(mask.expand_dims(1), self.multi_embedding(ids)).squeeze(1)
+        return summed / ops.maximum(mask.sum(axis=-1, keepdims=True), 1.0)
 
     def construct(self, *features):
         fields = ()
@@ -67,10 +71,24 @@ class Tower(nn.Cell):
         field_embeddings = self.lightse(ops.stack(fields, axis=1))
         dense = ops.stack(features[self.sparse_num + int(self.has_multi):], axis=1)
         x = ops.concat((field_embeddings.reshape(field_embeddings.shape[0], -1), dense), axis=1)
-        x = self.input_norm(x)
-        outputs = ()
+        if self.training:
+            if self.input_norm is not None:
+                x = self.input_norm(x)
+            outputs = (x,)
+            for layer in self.layers:
+                x = layer(x)
+                outputs = outputs + (x,)
+            return outputs
+        # Inference: the BatchNorms folded into the Dense layers, so a layer is one matmul + bias +
+        # ReLU (Dropout is the identity): the same function, 1.3x faster here (README, Speed).
+        input_norm = self.input_norm
+        if self.keep_input and input_norm is not None:
+            x = input_norm(x)
+            input_norm = None
+        outputs = (x,)
         for layer in self.layers:
-            x = layer(x)
+            x = ops.relu(dense_then_norm(layer[0], layer[1], x, input_norm))
+            input_norm = None
             outputs = outputs + (x,)
         return outputs
 
@@ -90,14 +108,21 @@ class IntTower(nn.Cell):
         vocab = schema["vocab"]
         self.user_tower = Tower([vocab[name] for name in USER_SPARSE], 0, len(USER_DENSE), config)
         self.item_tower = Tower([vocab[name] for name in ITEM_SPARSE],
-                                vocab[ITEM_MULTI[0]] if config.use_genres else 0, len(ITEM_DENSE), config)
+                                vocab[ITEM_MULTI[0]] if config.use_genres else 0, len(ITEM_DENSE), config,
+                                lightse=config.item_lightse)
         self.user_input_num = len(user_input_names(config))
         self.two_tower = config.model == "two_tower"
         if not self.two_tower:
-            fe_layer_sizes = config.mlp_layers if config.fe_layers == "all" else config.mlp_layers[-1:]
+            # the user tensors the FE-Block projects, by index into the tower's (x0, h1, ..., hL)
+            layer_num = len(config.mlp_layers)
+            self.fe_indices = tuple(range(1, layer_num + 1) if config.fe_source == "outputs" else range(layer_num))
+            if config.fe_layers == "last":
+                self.fe_indices = self.fe_indices[-1:]
+            sizes = [self.user_tower.layers[0][0].in_channels] + list(config.mlp_layers)
             fe_init = Normal(config.fe_init_std)
-            self.user_fe = nn.CellList([nn.Dense(size, config.feblock_size, weight_init=fe_init)
-                                        for size in fe_layer_sizes])
+            self.user_fe = nn.CellList([nn.Dense(sizes[i], config.feblock_size, weight_init=fe_init)
+                                        for i in self.fe_indices])
+            self.user_fe_relu = config.user_fe_activation == "relu"
             self.item_fe = nn.Dense(config.mlp_layers[-1], config.feblock_size, weight_init=fe_init)
             self.head_num = config.head_num
             self.head_dim = config.feblock_size // config.head_num
@@ -115,8 +140,11 @@ class IntTower(nn.Cell):
         if self.two_tower:
             return user_layers[-1].expand_dims(1)
         heads = ()
-        for projection, layer in zip(self.user_fe, user_layers[len(user_layers) - len(self.user_fe):]):
-            heads = heads + (self.split_heads(projection(layer)),)
+        for projection, index in zip(self.user_fe, self.fe_indices):
+            projected = projection(user_layers[index])
+            if self.user_fe_relu:
+                projected = ops.relu(projected)
+            heads = heads + (self.split_heads(projected),)
         return ops.concat(heads, axis=1)
 
     def item_heads_from_layers(self, item_layers):

@@ -27,10 +27,22 @@ class Config:
     sparse_embedding_dim: int = 32
     keep_rate: float = 0.9
     use_lightse: bool = True
+    # Light-SE on the item tower as well as the user tower (paper, SPEC, the authors' PyTorch code);
+    # the published MindSpore code has it on the user tower only
+    item_lightse: bool = True
+    # BatchNorm on each tower's input (the published MindSpore code; the PyTorch code has none)
+    input_norm: bool = True
     use_genres: bool = True
     # FE-Block over every user layer ("all": the paper, the published use_multi_layer=True)
     # or only the last one (ablation)
     fe_layers: str = "all"
+    # What the FE-Block projects on the user side (the paper is silent, the codes differ): the
+    # "outputs" of the user layers (h1, h2, h3: the published MindSpore code) or their "inputs"
+    # (the embedding concat, h1, h2: the authors' PyTorch code)
+    fe_source: str = "outputs"
+    # Activation on the user FE projections: the published MindSpore code applies a ReLU (its item
+    # projection is linear); the PyTorch code has none. README, Faithfulness, has both measured.
+    user_fe_activation: str = "relu"
     # loss = BCE + cir_weight * CIR; the published MindSpore code defines CIR but never adds it (= 0)
     cir_weight: float = 1.0
     # the published code's InfoNCE temperature
@@ -45,6 +57,10 @@ class Config:
     fe_init_std: float = 0.01
 
     # training
+    # Switch the network to train mode while training (BatchNorm on batch statistics, Dropout on).
+    # The published MindSpore code never calls set_train, so it trains in inference mode: its
+    # BatchNorms keep their initial moving statistics (learnable affine layers) and Dropout is off.
+    train_mode: bool = True
     epochs: int = 10
     batch_size: int = 2048
     lr: float = 0.0005
@@ -90,14 +106,27 @@ def add_config_args(parser: argparse.ArgumentParser, data_only: bool = False) ->
                    help=f"embedding size (default {d.sparse_embedding_dim})")
     g.add_argument("--keep-rate", type=float, help=f"dropout keep rate (default {d.keep_rate})")
     g.add_argument("--no-lightse", dest="use_lightse", action="store_const", const=False, help="ablation: no Light-SE")
+    g.add_argument("--no-item-lightse", dest="item_lightse", action="store_const", const=False,
+                   help="Light-SE on the user tower only (the published MindSpore code)")
+    g.add_argument("--no-input-norm", dest="input_norm", action="store_const", const=False,
+                   help="no BatchNorm on the towers' inputs (the authors' PyTorch code)")
     g.add_argument("--no-genres", dest="use_genres", action="store_const", const=False,
                    help="drop genres from the item tower (the published MindSpore code's item tower)")
     g.add_argument("--fe-layers", choices=["all", "last"],
                    help="FE-Block over all user layers (default) or the last only")
+    g.add_argument("--fe-source", choices=["outputs", "inputs"],
+                   help="user FE projections of each user layer's outputs (default; the published MindSpore code) "
+                        "or inputs (the authors' PyTorch code)")
+    g.add_argument("--user-fe-activation", choices=["relu", "none"],
+                   help=f"activation on the user FE projections (default {d.user_fe_activation}; "
+                        "the published MindSpore code: relu, the PyTorch code: none)")
     g.add_argument("--cir-weight", type=float, help=f"weight of the CIR loss, 0 disables it (default {d.cir_weight})")
     g.add_argument("--cir-temperature", type=positive(float), help=f"CIR temperature tau (default {d.cir_temperature})")
     g.add_argument("--l2-embedding", type=float, help=f"L2 penalty on embeddings (default {d.l2_embedding})")
     g = parser.add_argument_group("training")
+    g.add_argument("--no-train-mode", dest="train_mode", action="store_const", const=False,
+                   help="train with the network left in inference mode, as the published MindSpore code does "
+                        "(BatchNorm keeps its initial statistics, Dropout is off)")
     g.add_argument("--epochs", type=positive(int), help=f"epochs (default {d.epochs})")
     g.add_argument("--batch-size", type=positive(int), help=f"batch size (default {d.batch_size})")
     g.add_argument("--lr", type=positive(float), help=f"Adam learning rate (default {d.lr})")

@@ -173,7 +173,7 @@ def main(argv=None):
             params, _ = util.load_checkpoint(last_path)
             util.load_parameters(net, params, last_path)
             util.load_parameters(optimizer, params, last_path)
-        step.set_train(True)
+        step.set_train(config.train_mode)
         order = util.epoch_order(n_train, config.seed, epoch)
         shuffled = {name: data.train[name][order] for name in names + ("label",)}
         start_time = time.perf_counter()

@@ -8,7 +8,7 @@ from mindspore import Tensor, nn, ops
 
 from conftest import tiny_config
 from model import IntTower, MethodCell, input_names, user_input_names
-from module import CIRLoss, LightSE, maxsim_candidates, maxsim_score
+from module import BatchNorm, CIRLoss, LightSE, maxsim_candidates, maxsim_score, mean_over_last
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -69,7 +69,7 @@ class FirstUserLayer(nn.Cell):
         self.net = net
 
     def construct(self, *features):
-        return self.net.user_tower(*features)[0]
+        return self.net.user_tower(*features)[1]
 
 
 # 1. building blocks against the paper's formulas
@@ -85,6 +85,82 @@ def test_lightse_matches_numpy_field_attention():
     expected = embeddings + embeddings * attention[..., None]
 
     np.testing.assert_allclose(lightse(Tensor(embeddings)).asnumpy(), expected, **TOL)
+
+
+class InputGradient(nn.Cell):
+    """A norm's output and the gradient of a weighted sum of it with respect to its input."""
+
+    def __init__(self, norm):
+        super().__init__()
+        self.norm = norm
+        self.grad = ms.grad(self.weighted_sum, grad_position=0)
+
+    def weighted_sum(self, x):
+        return (self.norm(x) * ops.arange(x.shape[1]).astype(ms.float32)).sum()
+
+    def construct(self, x):
+        return self.norm(x), self.grad(x)
+
+
+def test_batchnorm_computes_what_mindspore_batchnorm1d_computes(execution_mode):
+    """Hand-written for speed, it must stay nn.BatchNorm1d: outputs, input gradients and moving
+    statistics in training; outputs with the moving statistics in inference."""
+    rng = np.random.default_rng(4)
+    x = Tensor(rng.normal(2.0, 3.0, size=(64, 7)).astype(np.float32))
+    ours, reference = BatchNorm(7), nn.BatchNorm1d(7)
+    for norm in (ours, reference):
+        norm.gamma.set_data(Tensor(rng.uniform(0.5, 1.5, 7).astype(np.float32)))
+        norm.beta.set_data(Tensor(rng.normal(size=7).astype(np.float32)))
+    reference.gamma.set_data(ours.gamma.data)
+    reference.beta.set_data(ours.beta.data)
+    cells = InputGradient(ours), InputGradient(reference)
+    for cell in cells:
+        cell.set_train(True)
+    for _ in range(2):  # moving statistics after two updates
+        (out, grad), (ref_out, ref_grad) = (cell(x) for cell in cells)
+        np.testing.assert_allclose(out.asnumpy(), ref_out.asnumpy(), **TOL)
+        np.testing.assert_allclose(grad.asnumpy(), ref_grad.asnumpy(), rtol=1e-4, atol=1e-4)
+    for name in ("moving_mean", "moving_variance"):
+        np.testing.assert_allclose(getattr(ours, name).asnumpy(), getattr(reference, name).asnumpy(), **TOL)
+    ours.set_train(False)
+    reference.set_train(False)
+    np.testing.assert_allclose(ours(x).asnumpy(), reference(x).asnumpy(), **TOL)
+
+
+def test_inference_folds_batchnorm_into_dense_without_changing_the_function(schema, execution_mode):
+    config = tiny_config()
+    net = randomize_parameters(IntTower(schema, config))
+    user_features, _ = split_features(config, random_features(schema, config, batch=16))
+    net.set_train(False)
+    folded = MethodCell(net, "user_heads")(*user_features).asnumpy()
+
+    class Unfolded(nn.Cell):  # the user heads with every layer run cell by cell, no folding
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def construct(self, *features):
+            tower = self.net.user_tower
+            fields = ()
+            for embedding, ids in zip(tower.embeddings, features[:tower.sparse_num]):
+                fields = fields + (embedding(ids),)
+            embedded = tower.lightse(ops.stack(fields, axis=1))
+            x = ops.concat((embedded.reshape(embedded.shape[0], -1), ops.stack(features[tower.sparse_num:], axis=1)), 1)
+            x = tower.input_norm(x)
+            layers = (x,)
+            for layer in tower.layers:
+                x = layer(x)
+                layers = layers + (x,)
+            return self.net.user_heads_from_layers(layers)
+
+    unfolded = Unfolded(net)
+    unfolded.set_train(False)
+    np.testing.assert_allclose(folded, unfolded(*user_features).asnumpy(), **TOL)
+
+
+def test_field_means_match_numpy():
+    x = np.random.default_rng(5).normal(size=(3, 6, 8)).astype(np.float32)
+    np.testing.assert_allclose(mean_over_last(Tensor(x)).asnumpy(), x.mean(axis=-1), **TOL)
 
 
 def test_maxsim_score_sums_over_user_heads_the_best_item_head_dot_product():
@@ -238,6 +314,11 @@ SWITCHES = {
     "default": {},
     "two_tower": {"model": "two_tower"},
     "no_lightse": {"use_lightse": False},
+    "no_item_lightse": {"item_lightse": False},
+    "no_input_norm": {"input_norm": False},
+    "fe_inputs": {"fe_source": "inputs"},
+    "fe_inputs_last": {"fe_source": "inputs", "fe_layers": "last"},
+    "fe_linear": {"user_fe_activation": "none"},
     "fe_layers_last": {"fe_layers": "last"},
     "no_cir": {"cir_weight": 0.0},
     "no_genres": {"use_genres": False},
@@ -280,7 +361,25 @@ def test_switches_change_the_heads_the_model_scores(schema):
 
     assert head_shapes() == ((3, 2 * 4, 4), (3, 4, 4))            # 2 layers x 4 heads of 16 / 4
     assert head_shapes(fe_layers="last") == ((3, 4, 4), (3, 4, 4))
+    assert head_shapes(fe_source="inputs") == ((3, 2 * 4, 4), (3, 4, 4))   # x0 and h1 instead of h1 and h2
     assert head_shapes(model="two_tower") == ((3, 1, 8), (3, 1, 8))   # the last layers, one head
+
+
+@pytest.mark.parametrize("source,activation", [("outputs", "relu"), ("inputs", "none")])
+def test_user_heads_project_the_layer_outputs_or_inputs_with_or_without_relu(schema, source, activation):
+    config = tiny_config(fe_source=source, user_fe_activation=activation)
+    net = randomize_parameters(IntTower(schema, config))
+    net.set_train(False)
+    user_features, _ = split_features(config, random_features(schema, config, batch=5))
+    x0, h1, h2 = (t.asnumpy() for t in net.user_tower(*user_features))
+    projected = (h1, h2) if source == "outputs" else (x0, h1)
+    expected = []
+    for dense, tensor in zip(net.user_fe, projected):
+        out = tensor @ dense.weight.asnumpy().T + dense.bias.asnumpy()
+        expected.append((np.maximum(out, 0) if activation == "relu" else out).reshape(5, 4, 4))
+    heads = net.user_heads(*user_features).asnumpy()
+    np.testing.assert_allclose(heads, np.concatenate(expected, axis=1), **TOL)
+    assert (heads < 0).any() == (activation == "none")
 
 
 # 7. parameter count
@@ -289,24 +388,26 @@ def expected_parameter_counts(schema, config):
     """(trainable, total) from the architecture; BatchNorm moving mean/variance are not trainable."""
     vocab, dim, layers = schema["vocab"], config.sparse_embedding_dim, config.mlp_layers
 
-    def tower(vocab_sizes, dense_num):
+    def tower(vocab_sizes, dense_num, lightse):
         fields = len(vocab_sizes)
         inputs = fields * dim + dense_num
         trainable = sum(vocab_sizes) * dim
-        trainable += (fields * fields + fields) if config.use_lightse else 0
-        trainable += 2 * inputs
-        moving = 2 * inputs
+        trainable += (fields * fields + fields) if config.use_lightse and lightse else 0
+        trainable += 2 * inputs if config.input_norm else 0
+        moving = 2 * inputs if config.input_norm else 0
         for size in layers:
             trainable += inputs * size + size + 2 * size
             moving += 2 * size
             inputs = size
         return trainable, moving
 
-    user = tower([vocab[n] for n in ("user_id", "gender", "age", "occupation")], 1)
-    item = tower([vocab["movie_id"]] + ([vocab["genres"]] if config.use_genres else []), 1)
+    user = tower([vocab[n] for n in ("user_id", "gender", "age", "occupation")], 1, True)
+    item = tower([vocab["movie_id"]] + ([vocab["genres"]] if config.use_genres else []), 1, config.item_lightse)
     trainable = user[0] + item[0] + 1                                  # + the bias
     if config.model == "inttower":
-        fe_layers = layers if config.fe_layers == "all" else layers[-1:]
+        user_input = 4 * dim + 1
+        projected = layers if config.fe_source == "outputs" else [user_input] + layers[:-1]  # widths of h1..hL or x0..h(L-1)
+        fe_layers = projected if config.fe_layers == "all" else projected[-1:]
         trainable += sum(size * config.feblock_size + config.feblock_size for size in fe_layers + [layers[-1]])
     return trainable, trainable + user[1] + item[1]
 

@@ -181,7 +181,7 @@ def test_bad_flags_exit_2_with_one_message(tmp_path, flags, named):
     assert result.returncode == 2 and named in result.stderr and "Traceback" not in result.stderr
 
 
-def test_published_metrics_report_the_per_batch_auc_mean_and_the_train_mode_auc(trained, data_root):
+def test_published_metrics_report_the_per_batch_auc_mean_and_the_redrawn_split_auc(trained, data_root):
     result = run("eval.py", "--ckpt", "output/IntTower.ckpt", "--data-root", data_root, "--predictions",
                  "published.csv", "--published-metrics", "--quiet", cwd=trained)
     table = np.loadtxt(trained / "published.csv", delimiter=",", skiprows=1)
@@ -189,4 +189,20 @@ def test_published_metrics_report_the_per_batch_auc_mean_and_the_train_mode_auc(
     batch_mean = np.mean([roc_auc_score(b[:, 0], b[:, 1]) for b in batches if 0 < b[:, 0].sum() < len(b)])
     published = json.loads((trained / "output" / "eval_metrics.json").read_text())["published"]
     assert published["batch_mean_auc"] == pytest.approx(batch_mean, abs=1e-6)
-    assert 0.5 < published["train_mode_auc"] < 1 and "published_train_mode_auc=" in result.stdout
+    # the published eval.py's test split: seed 2012, not the training seed
+    ms.set_context(mode=ms.GRAPH_MODE)
+    net, config, _ = model_from_checkpoint(str(trained / "output" / "IntTower.ckpt"))
+    redrawn = get_dataset.load_dataset(Config(**dict(vars(config), seed=2012)), str(data_root), quiet=True).test
+    auc = util.global_metrics(redrawn["label"], util.predict(net, redrawn, input_names(config)))["auc"]
+    assert published["redrawn_split_auc"] == pytest.approx(auc, abs=1e-6)
+    assert "published_redrawn_split_batch_mean_auc=" in result.stdout
+
+
+def test_no_train_mode_trains_as_the_published_code_with_batchnorm_statistics_frozen(tmp_path, data_root, trained):
+    run("train.py", *TINY, "--data-root", data_root, "--epochs", 1, "--max-steps", 3, "--no-train-mode", cwd=tmp_path)
+    frozen, trained_normally = (checkpoint_arrays(path / "output" / "IntTower-last.ckpt") for path in (tmp_path, trained))
+    moving = [name for name in frozen if "moving_" in name]
+    assert moving
+    for name in moving:
+        np.testing.assert_array_equal(frozen[name], 0.0 if "mean" in name else 1.0)
+    assert any(not np.allclose(trained_normally[name], 0.0 if "mean" in name else 1.0) for name in moving)
