@@ -624,6 +624,8 @@ def mean_rating_feature(ids, label, parts, protocol, seed, size):
 
 def build_dataset(ratings, users, movies, files, config, data_hash):
     """Raw tables -> Dataset: drop 3s, label, split, encode, mean-rating features (SPEC 3)."""
+    if config.first_ratings:  # each user's first ratings by time (movie id breaks ties)
+        ratings = ratings.sort_values(["user_id", "timestamp", "movie_id"]).groupby("user_id").head(config.first_ratings)
     kept = ratings[ratings["rating"] != 3]
     # Canonical row order: the split then depends only on the rows, the seed and the split kind,
     # never on the file layout the rows came from.
@@ -667,7 +669,8 @@ def build_dataset(ratings, users, movies, files, config, data_hash):
     splits = {name: {k: np.ascontiguousarray(v[rows]) for k, v in columns.items()} for name, rows in parts.items()}
     schema = {
         "dataset": config.dataset, "protocol": config.protocol, "split": config.split, "seed": config.seed,
-        "synthetic_scale": config.synthetic_scale, "data_hash": data_hash, "vocab": vocab,
+        "synthetic_scale": config.synthetic_scale, "first_ratings": config.first_ratings, "data_hash": data_hash,
+        "vocab": vocab,
         "max_genres": genre_matrix.shape[1], "genre_names": [str(g) for g in genre_names],
         "dense_range": {"user_mean_rating": [0.0, 1.0], "item_mean_rating": [0.0, 1.0]},
         "rows": {name: len(rows) for name, rows in parts.items()},
@@ -737,7 +740,8 @@ def load_dataset(config, data_root="data", download=False, use_cache=True, quiet
     reader, path, files = raw_source(config, data_root, download, source, quiet)
     data_hash = file_hash(files)
     cache = os.path.join(data_root, "cache", f"{config.dataset}-{config.protocol}-{config.split}-seed{config.seed}"
-                                             f"-scale{config.synthetic_scale:g}-{data_hash}-{PIPELINE_VERSION}.npz")
+                                             f"-scale{config.synthetic_scale:g}-first{config.first_ratings}-{data_hash}"
+                                             f"-{PIPELINE_VERSION}.npz")
     if use_cache and os.path.isfile(cache):
         try:
             return load_cache(cache)

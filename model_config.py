@@ -18,6 +18,8 @@ class Config:
     split: str = "random"
     seed: int = 3047
     synthetic_scale: float = 1.0
+    # keep only each user's first N ratings by time (a sparse version of the data); 0 keeps all
+    first_ratings: int = 0
 
     # model (published values, SPEC 4)
     model: str = "inttower"
@@ -95,6 +97,9 @@ def add_config_args(parser: argparse.ArgumentParser, data_only: bool = False) ->
     g.add_argument("--seed", type=int, help=f"seed for the split, initialisation and data order (default {d.seed})")
     g.add_argument("--synthetic-scale", type=positive(float),
                    help="fraction of the full synthetic ML-1M size (default 1.0)")
+    g.add_argument("--first-ratings", type=positive(int), metavar="N",
+                   help="keep only each user's first N ratings by time, before 3s are dropped (a sparse version "
+                        "of the data, for users with few ratings; default: all)")
     if data_only:
         return
     g = parser.add_argument_group("model")

@@ -362,6 +362,16 @@ def test_the_split_does_not_depend_on_the_order_of_lines_in_the_file(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Synthetic data
 
+def test_first_ratings_keeps_each_users_earliest_ratings_then_drops_threes(ml1m_root):
+    ratings = make_raw()[0]
+    earliest = ratings.sort_values("timestamp").groupby("user_id").head(5)
+    expected = np.sort(earliest[earliest["rating"] != 3]["timestamp"].to_numpy())
+    ds = load(ml1m_root, first_ratings=5)
+    kept = np.sort(np.concatenate([getattr(ds, part)["timestamp"] for part in ("train", "valid", "test")]))
+    np.testing.assert_array_equal(kept, expected)  # timestamps are unique: they identify the rows
+    assert ds.schema["first_ratings"] == 5 and ds.schema["stats"]["rows"] < load(ml1m_root).schema["stats"]["rows"]
+
+
 def test_synthetic_generation_is_deterministic_and_has_ml1m_domains(tmp_path):
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
         (tmp_path / name).mkdir()
