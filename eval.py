@@ -14,7 +14,8 @@ import numpy as np
 
 import get_dataset
 import util
-from model import input_names, model_from_checkpoint
+from model import input_names
+from networks import model_from_checkpoint
 
 
 def parse_args(argv=None):

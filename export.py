@@ -23,7 +23,8 @@ from mindspore import Tensor, nn
 import get_dataset
 import util
 from eval import load_matching_dataset
-from model import MethodCell, input_names, item_input_names, model_from_checkpoint, user_input_names
+from model import MethodCell, input_names, item_input_names, user_input_names
+from networks import TOWER_MODELS, model_from_checkpoint
 
 EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
 TOLERANCE = 1e-5  # --verify fails above this max absolute difference
@@ -236,6 +237,10 @@ def main(argv=None):
     ms.set_device(args.device_target)
     ms.set_context(mode=ms.GRAPH_MODE)
     net, config, meta = model_from_checkpoint(args.ckpt)
+    if args.serving and config.model not in TOWER_MODELS:
+        raise util.UsageError(f"--serving: {config.model} needs the user and the item together, so it cannot cache "
+                              f"item vectors; export it without --serving (the tower models "
+                              f"{', '.join(TOWER_MODELS)} can be served split)")
     data = load_matching_dataset(meta, config, args) if args.verify or args.serving else None
 
     extension = EXTENSIONS[args.file_format]

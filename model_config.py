@@ -21,7 +21,9 @@ class Config:
     # keep only each user's first N ratings by time (a sparse version of the data); 0 keeps all
     first_ratings: int = 0
 
-    # model (published values, SPEC 4)
+    # model (published values, SPEC 4): IntTower or one of the paper's baselines (MODEL_NAMES).
+    # Every baseline shares the fields below (embedding size, mlp_layers, keep_rate) and the training
+    # defaults, so that all models are compared on one loop; their own hyper-parameters follow.
     model: str = "inttower"
     mlp_layers: list = field(default_factory=lambda: [300, 300, 128])
     feblock_size: int = 256
@@ -58,6 +60,22 @@ class Config:
     # the towers' Dense layers keep the default, as a BatchNorm follows each of them.
     fe_init_std: float = 0.01
 
+    # baselines (baselines.py). Where the authors' PyTorch code has a value it is used, else the
+    # model's own paper's.
+    # DSSM's and DAT's cosine scale gamma, sigmoid(gamma * cos(u, v) + bias): the PyTorch DSSM's
+    # default 1, which its MovieLens script keeps (the DSSM paper tunes gamma on held-out data). With
+    # gamma 1 the probability stays within sigmoid(bias -+ 1), which caps how low the logloss can go.
+    dssm_gamma: float = 1.0
+    # DAT: weight of the adaptive-mimic loss (user and item terms alike): the PyTorch DAT adds both
+    # terms with weight 1
+    dat_mimic_weight: float = 1.0
+    # DCN: cross layers (the PyTorch DCN's default cross_num=2, vector kernels)
+    dcn_cross_num: int = 2
+    # AutoInt: interacting layers and attention heads (the PyTorch AutoInt's defaults att_layer_num=3,
+    # att_head_num=2: two heads of 16 over the 32-d embeddings, with the residual connection)
+    autoint_layers: int = 3
+    autoint_heads: int = 2
+
     # training
     # Switch the network to train mode while training (BatchNorm on batch statistics, Dropout on).
     # The published MindSpore code never calls set_train, so it trains in inference mode: its
@@ -68,6 +86,9 @@ class Config:
     lr: float = 0.0005
     patience: int = 3
 
+
+# every --model name (networks.MODELS builds each)
+MODEL_NAMES = ("inttower", "two_tower", "dssm", "dat", "cold", "wdl", "deepfm", "dcn", "autoint")
 
 # CIRLoss takes exp(logits) with |logits| <= 1/tau, without a max-subtraction: float32 holds it
 # (summed over a batch) for tau down to about 0.013
@@ -103,7 +124,8 @@ def add_config_args(parser: argparse.ArgumentParser, data_only: bool = False) ->
     if data_only:
         return
     g = parser.add_argument_group("model")
-    g.add_argument("--model", choices=["inttower", "two_tower"], help=f"model (default {d.model})")
+    g.add_argument("--model", choices=MODEL_NAMES,
+                   help=f"IntTower or one of the paper's baselines (default {d.model}; see baselines.py)")
     g.add_argument("--mlp-layers", type=positive(int), nargs="+", help=f"tower layer sizes (default {d.mlp_layers})")
     g.add_argument("--feblock-size", type=positive(int), help=f"FE projection size (default {d.feblock_size})")
     g.add_argument("--head-num", type=positive(int), help=f"FE heads (default {d.head_num})")
@@ -128,6 +150,16 @@ def add_config_args(parser: argparse.ArgumentParser, data_only: bool = False) ->
     g.add_argument("--cir-weight", type=float, help=f"weight of the CIR loss, 0 disables it (default {d.cir_weight})")
     g.add_argument("--cir-temperature", type=positive(float), help=f"CIR temperature tau (default {d.cir_temperature})")
     g.add_argument("--l2-embedding", type=float, help=f"L2 penalty on embeddings (default {d.l2_embedding})")
+    g = parser.add_argument_group("baselines")
+    g.add_argument("--dssm-gamma", type=positive(float),
+                   help=f"dssm, dat: cosine scale gamma (default {d.dssm_gamma})")
+    g.add_argument("--dat-mimic-weight", type=float,
+                   help=f"dat: weight of the adaptive-mimic loss (default {d.dat_mimic_weight})")
+    g.add_argument("--dcn-cross-num", type=positive(int), help=f"dcn: cross layers (default {d.dcn_cross_num})")
+    g.add_argument("--autoint-layers", type=positive(int),
+                   help=f"autoint: interacting layers (default {d.autoint_layers})")
+    g.add_argument("--autoint-heads", type=positive(int),
+                   help=f"autoint: attention heads, dividing --sparse-embedding-dim (default {d.autoint_heads})")
     g = parser.add_argument_group("training")
     g.add_argument("--no-train-mode", dest="train_mode", action="store_const", const=False,
                    help="train with the network left in inference mode, as the published MindSpore code does "
@@ -149,6 +181,9 @@ def config_from_args(args: argparse.Namespace, base: Config = None) -> Config:
         raise UsageError(f"--feblock-size {config.feblock_size} must be a multiple of --head-num {config.head_num}")
     if config.cir_temperature < MIN_CIR_TEMPERATURE:
         raise UsageError(f"--cir-temperature must be at least {MIN_CIR_TEMPERATURE}, got {config.cir_temperature}")
+    if config.model == "autoint" and config.sparse_embedding_dim % config.autoint_heads:
+        raise UsageError(f"--sparse-embedding-dim {config.sparse_embedding_dim} must be a multiple of "
+                         f"--autoint-heads {config.autoint_heads}")
     if not 0 < config.keep_rate <= 1:
         raise UsageError(f"--keep-rate must be in (0, 1], got {config.keep_rate}")
     return config

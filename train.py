@@ -1,4 +1,4 @@
-"""Train IntTower (or the Two-Tower baseline) with a graph-compiled train step.
+"""Train IntTower (or one of the paper's baselines: --model) with a graph-compiled train step.
 
 python train.py [--dataset ml-1m|ml-100k|synthetic] [--protocol paper|strict] [--epochs N] ...
 writes <out-dir>/IntTower.ckpt (best valid AUC), <out-dir>/IntTower-last.ckpt (resumable) and
@@ -17,7 +17,8 @@ from mindspore import nn
 import get_dataset
 import model_config
 import util
-from model import IntTower, input_names
+from model import input_names
+from networks import build_network
 
 BEST_NAME = "IntTower.ckpt"
 LAST_NAME = "IntTower-last.ckpt"
@@ -73,7 +74,7 @@ def build(schema: dict, config, seed: int):
     """A fresh network, its Adam optimizer and the compiled train step; `seed` fixes the
     initialisation and the dropout streams."""
     util.set_seed(seed)
-    net = IntTower(schema, config)
+    net = build_network(schema, config)
     optimizer = nn.Adam(net.trainable_params(), learning_rate=config.lr)
     step = TrainStep(net, optimizer)
     return net, optimizer, step

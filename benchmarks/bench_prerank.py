@@ -26,9 +26,9 @@ from mindspore import Tensor, nn  # noqa: E402
 
 import export  # noqa: E402
 import util  # noqa: E402
-from model import (IntTower, MethodCell, input_names, item_input_names, model_from_checkpoint,  # noqa: E402
-                   user_input_names)
+from model import IntTower, MethodCell, input_names, item_input_names, user_input_names  # noqa: E402
 from model_config import Config  # noqa: E402
+from networks import model_from_checkpoint  # noqa: E402
 
 # MovieLens-1M vocabularies (ids + 1 for the unknown id 0) and its longest genre list
 ML1M_SCHEMA = {"vocab": {"user_id": 6041, "gender": 3, "age": 8, "occupation": 22, "movie_id": 3707, "genres": 19},

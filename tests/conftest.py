@@ -1,11 +1,16 @@
 import os
+import subprocess
 import sys
 
 import mindspore as ms
+import numpy as np
 import pytest
+from mindspore import Tensor
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
+from model import input_names, user_input_names  # noqa: E402
 from model_config import Config  # noqa: E402
 
 # ML-1M-shaped schema with small vocabularies (the shape get_dataset.py returns).
@@ -31,3 +36,60 @@ def execution_mode(request):
     ms.set_context(mode=request.param)
     yield request.param
     ms.set_context(mode=previous)
+
+
+def run(script, *args, cwd, check=True):
+    """`python ROOT/script args` in `cwd`; by default the run must succeed."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd,
+                            capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def random_features(schema, config, batch, seed=0):
+    """One tensor per model input, in input_names(config) order."""
+    rng = np.random.default_rng(seed)
+    vocab = schema["vocab"]
+    features = []
+    for name in input_names(config):
+        if name == "genres":
+            ids = rng.integers(1, vocab["genres"], size=(batch, schema["max_genres"]))
+            ids[rng.random(ids.shape) < 0.5] = 0   # padding anywhere, some rows fully padded
+            features.append(Tensor(ids.astype(np.int32)))
+        elif name in vocab:
+            features.append(Tensor(rng.integers(0, vocab[name], size=batch).astype(np.int32)))
+        else:
+            features.append(Tensor(rng.random(batch).astype(np.float32)))
+    return features
+
+
+def randomize_parameters(net, seed=0):
+    """Random weights and BatchNorm statistics, so that rows differ in inference mode (a fresh network,
+    with tiny embeddings and unit moving statistics, gives almost the same output for every row)."""
+    rng = np.random.default_rng(seed)
+    for p in net.get_parameters():
+        positive = "gamma" in p.name or "moving_variance" in p.name
+        value = rng.uniform(0.5, 1.5, p.shape) if positive else rng.normal(0.0, 0.25, p.shape)
+        p.set_data(Tensor(value.astype(np.float32)))
+    return net
+
+
+def split_features(config, features):
+    n_user = len(user_input_names(config))
+    return features[:n_user], features[n_user:]
+
+
+def random_labels(batch, positives, seed=0):
+    labels = np.zeros(batch, np.float32)
+    labels[np.random.default_rng(seed).permutation(batch)[:positives]] = 1.0
+    return Tensor(labels)
+
+
+def softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def all_finite(tensors):
+    return all(np.isfinite(t.asnumpy()).all() for t in tensors)

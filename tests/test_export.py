@@ -14,7 +14,8 @@ from mindspore import Tensor, nn
 
 import get_dataset
 import util
-from model import input_names, item_input_names, model_from_checkpoint, user_input_names
+from model import input_names, item_input_names, user_input_names
+from networks import model_from_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MODEL = ["--mlp-layers", "16", "8", "--feblock-size", "16", "--sparse-embedding-dim", "8"]

@@ -6,59 +6,12 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn, ops
 
-from conftest import tiny_config
-from model import IntTower, MethodCell, input_names, user_input_names
+from conftest import (all_finite, random_features, random_labels, randomize_parameters, softmax,
+                      split_features, tiny_config)
+from model import IntTower, MethodCell, input_names
 from module import BatchNorm, CIRLoss, LightSE, maxsim_candidates, maxsim_score, mean_over_last
 
 TOL = dict(rtol=1e-5, atol=1e-5)
-
-
-def random_features(schema, config, batch, seed=0):
-    """One tensor per model input, in input_names(config) order."""
-    rng = np.random.default_rng(seed)
-    vocab = schema["vocab"]
-    features = []
-    for name in input_names(config):
-        if name == "genres":
-            ids = rng.integers(1, vocab["genres"], size=(batch, schema["max_genres"]))
-            ids[rng.random(ids.shape) < 0.5] = 0   # padding anywhere, some rows fully padded
-            features.append(Tensor(ids.astype(np.int32)))
-        elif name in vocab:
-            features.append(Tensor(rng.integers(0, vocab[name], size=batch).astype(np.int32)))
-        else:
-            features.append(Tensor(rng.random(batch).astype(np.float32)))
-    return features
-
-
-def randomize_parameters(net, seed=0):
-    """Random weights and BatchNorm statistics, so that rows differ in inference mode (a fresh network,
-    with tiny embeddings and unit moving statistics, gives almost the same output for every row)."""
-    rng = np.random.default_rng(seed)
-    for p in net.get_parameters():
-        positive = "gamma" in p.name or "moving_variance" in p.name
-        value = rng.uniform(0.5, 1.5, p.shape) if positive else rng.normal(0.0, 0.25, p.shape)
-        p.set_data(Tensor(value.astype(np.float32)))
-    return net
-
-
-def split_features(config, features):
-    n_user = len(user_input_names(config))
-    return features[:n_user], features[n_user:]
-
-
-def random_labels(batch, positives, seed=0):
-    labels = np.zeros(batch, np.float32)
-    labels[np.random.default_rng(seed).permutation(batch)[:positives]] = 1.0
-    return Tensor(labels)
-
-
-def softmax(x, axis=-1):
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def all_finite(tensors):
-    return all(np.isfinite(t.asnumpy()).all() for t in tensors)
 
 
 class FirstUserLayer(nn.Cell):

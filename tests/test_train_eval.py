@@ -15,21 +15,14 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 import get_dataset
 import util
-from model import input_names, model_from_checkpoint
+from conftest import ROOT, run
+from model import input_names
 from model_config import Config
+from networks import model_from_checkpoint
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALE = "0.05"
 TINY = ["--dataset", "synthetic", "--synthetic-scale", SCALE, "--mlp-layers", "32", "16", "--feblock-size", "32",
         "--batch-size", "512", "--quiet"]
-
-
-def run(script, *args, cwd, check=True):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd,
-                            capture_output=True, text=True, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 @pytest.fixture(scope="module")
