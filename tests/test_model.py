@@ -10,6 +10,7 @@ from conftest import (all_finite, random_features, random_labels, randomize_para
                       split_features, tiny_config)
 from model import IntTower, MethodCell, input_names
 from module import BatchNorm, CIRLoss, LightSE, maxsim_candidates, maxsim_score, mean_over_last
+from networks import TOWER_MODELS, build_network
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -182,10 +183,10 @@ def test_genres_padding_width_and_position_do_not_change_the_output(schema):
 
 # 3. the serving decomposition
 
-@pytest.mark.parametrize("model", ["inttower", "two_tower"])
+@pytest.mark.parametrize("model", TOWER_MODELS)
 def test_full_model_equals_scorer_on_tower_outputs(schema, execution_mode, model):
     config = tiny_config(model=model)
-    net = randomize_parameters(IntTower(schema, config))
+    net = randomize_parameters(build_network(schema, config))
     features = random_features(schema, config, batch=10)
     user_features, item_features = split_features(config, features)
     cells = (net, MethodCell(net, "user_heads"), MethodCell(net, "item_heads"), MethodCell(net, "score_candidates"))
