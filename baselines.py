@@ -63,8 +63,9 @@ class DAT(DSSM):
     user id, and whose item tower one of the item id (each as wide as the towers' output), trained
     with BCE + dat_mimic_weight * (mimic loss of the user's vector towards the item output + the
     item's towards the user output). The PyTorch DAT feeds fresh torch.rand noise instead of
-    learned vectors (a defect); this follows the paper. Its Category Alignment Loss needs item
-    categories with a skewed distribution and is left out."""
+    learned vectors (a defect); this follows the paper. The paper's other loss, Category Alignment
+    (the item representations of minor categories aligned with those of the major one), is left
+    out: a MovieLens item has several genres, not one category."""
 
     def __init__(self, schema, config):
         width = config.mlp_layers[-1]
@@ -75,19 +76,14 @@ class DAT(DSSM):
         self.mimic_weight = config.dat_mimic_weight
         self.embedding_tables = embedding_tables(self)  # now with the augmented vectors
 
-    def augmented_layers(self, tower, augmented_vectors, features):
-        """A tower's (x0, h1, ..., hL) with the augmented vector of its id (the side's first feature:
-        user_id, movie_id) appended to its input."""
-        augmented = augmented_vectors(features[0])
-        return tower.layer_outputs(ops.concat((tower.tower_input(*features), augmented), axis=1))
-
+    # each side's first feature is its id (user_id, movie_id), which keys its augmented vector
     def user_layers(self, *user_features):
-        return self.augmented_layers(self.user_tower, self.user_augmented, user_features)
+        return self.user_tower.outputs_with_extra(self.user_augmented(user_features[0]), *user_features)
 
     def item_layers(self, *item_features):
-        return self.augmented_layers(self.item_tower, self.item_augmented, item_features)
+        return self.item_tower.outputs_with_extra(self.item_augmented(item_features[0]), *item_features)
 
-    def representation_loss(self, labels, user_rep, item_rep, features):
+    def representation_loss(self, labels, user_rep, item_rep, *features):
         user_augmented = self.user_augmented(features[0])
         item_augmented = self.item_augmented(features[self.user_input_num])
         mimic = (mimic_loss(user_augmented, l2_normalize(item_rep), labels)
@@ -146,7 +142,7 @@ class RankingModel(nn.Cell):
         fields, dense = self.fields(*features)
         logits = self.interaction_logit(fields, dense) + self.bias
         if self.linear is not None:
-            field_weights, dense = self.linear(*features)
+            field_weights, _ = self.linear(*features)
             logits = logits + field_weights.squeeze(-1).sum(axis=-1) + self.dense_linear(dense).squeeze(-1)
         return logits
 
@@ -214,7 +210,8 @@ class CrossLayer(nn.Cell):
 
 class DCN(RankingModel):
     """Deep & Cross Network: dcn_cross_num cross layers over the MLP's input beside the MLP, and one
-    linear output over both (the DCN paper's combination layer)."""
+    linear output over both (the DCN paper's combination layer). The PyTorch DCN also adds a linear
+    term over the fields, which the paper does not have."""
 
     def __init__(self, schema, config):
         super().__init__(schema, config)
@@ -251,8 +248,8 @@ class InteractingLayer(nn.Cell):
     def construct(self, fields):
         field_num, dim = fields.shape[1], fields.shape[2]
         query, key, value, residual = ops.split(self.projections(fields), dim, axis=-1)
-        query, key, value = self.split_heads(query, field_num), self.split_heads(key, field_num), self.split_heads(
-            value, field_num)
+        query, key, value = (self.split_heads(query, field_num), self.split_heads(key, field_num),
+                             self.split_heads(value, field_num))
         attention = self.softmax(ops.bmm(query, key.transpose(0, 2, 1)))
         attended = ops.bmm(attention, value).reshape(-1, self.heads, field_num, self.head_dim)
         attended = attended.transpose(0, 2, 1, 3).reshape(-1, field_num, dim)
@@ -262,7 +259,8 @@ class InteractingLayer(nn.Cell):
 class AutoInt(RankingModel):
     """AutoInt+ (the AutoInt paper's variant with an MLP beside the attention, as the PyTorch
     AutoInt): autoint_layers interacting layers over the field embeddings beside the MLP, one
-    linear output over the flattened attention output and the MLP's output."""
+    linear output over the flattened attention output and the MLP's output. The PyTorch AutoInt
+    also adds a linear term over the fields, which the paper does not have."""
 
     def __init__(self, schema, config):
         super().__init__(schema, config)

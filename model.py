@@ -94,8 +94,8 @@ class Tower(FieldEmbeddings):
     layer. Returns the first layer's input and every layer's output (x0, h1, ..., hL): FE-Block
     reads the outputs, or with fe_source="inputs" the inputs (x0, ..., h(L-1)).
     Inputs: the sparse ids, then the multi-valued ids (if any), then the dense values.
-    `extra_inputs` widens the first layer for vectors a caller appends to the embedded features
-    (DAT's augmented vectors: tower_input, append, layer_outputs)."""
+    `extra_inputs` widens the first layer for vectors appended to the embedded features
+    (outputs_with_extra: DAT's augmented vectors)."""
 
     def __init__(self, vocab_sizes, multi_vocab_size, dense_num, config, lightse=True, extra_inputs=0):
         super().__init__(vocab_sizes, multi_vocab_size, config.sparse_embedding_dim)
@@ -138,6 +138,10 @@ class Tower(FieldEmbeddings):
 
     def construct(self, *features):
         return self.layer_outputs(self.tower_input(*features))
+
+    def outputs_with_extra(self, extra, *features):
+        """(x0, h1, ..., hL) with `extra` [B, extra_inputs] appended to the first layer's input."""
+        return self.layer_outputs(ops.concat((self.tower_input(*features), extra), axis=1))
 
 
 class IntTower(nn.Cell):
@@ -230,7 +234,7 @@ class IntTower(nn.Cell):
         """All user then all item features (model.input_names order) -> click probability [B]."""
         return ops.sigmoid(self.logits_and_representations(*features)[0])
 
-    def representation_loss(self, labels, user_rep, item_rep, features):
+    def representation_loss(self, labels, user_rep, item_rep, *features):
         """The loss on the towers' last layers beside BCE: cir_weight * CIR."""
         if self.cir_weight > 0:
             return self.cir_weight * self.cir(user_rep, item_rep, labels)
@@ -240,7 +244,7 @@ class IntTower(nn.Cell):
         """BCE + cir_weight * CIR (+ L2 on the embedding tables if configured)."""
         logits, user_rep, item_rep = self.logits_and_representations(*features)
         loss = bce_with_l2(logits, labels, self.embedding_tables, self.l2_embedding)
-        return loss + self.representation_loss(labels, user_rep, item_rep, features)
+        return loss + self.representation_loss(labels, user_rep, item_rep, *features)
 
 
 class MethodCell(nn.Cell):

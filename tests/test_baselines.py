@@ -195,7 +195,7 @@ def test_dat_feeds_each_id_augmented_vector_to_its_tower_and_mimics_the_other_to
     y = labels.asnumpy()
     expected = 0.3 * np.mean(y * (((user_vectors - normalized(item_out)) ** 2).sum(1)
                                   + ((item_vectors - normalized(user_out)) ** 2).sum(1)))
-    loss = net.representation_loss(labels, user_layers[-1], item_layers[-1], tuple(features))
+    loss = net.representation_loss(labels, user_layers[-1], item_layers[-1], *features)
     np.testing.assert_allclose(loss.asnumpy(), expected, **TOL)
 
 
