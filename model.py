@@ -95,7 +95,9 @@ class Tower(FieldEmbeddings):
     reads the outputs, or with fe_source="inputs" the inputs (x0, ..., h(L-1)).
     Inputs: the sparse ids, then the multi-valued ids (if any), then the dense values.
     `extra_inputs` widens the first layer for vectors appended to the embedded features
-    (outputs_with_extra: DAT's augmented vectors)."""
+    (outputs_with_extra: DAT's augmented vectors). A Tower is its FieldEmbeddings rather than holding
+    one, so its parameter names (embeddings.0.embedding_table, ...) stay those that checkpoints and
+    the PyTorch peer use."""
 
     def __init__(self, vocab_sizes, multi_vocab_size, dense_num, config, lightse=True, extra_inputs=0):
         super().__init__(vocab_sizes, multi_vocab_size, config.sparse_embedding_dim)
