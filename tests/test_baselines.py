@@ -107,17 +107,10 @@ def test_parameter_count_matches_the_architecture(schema, model):
 
 # 3. each model's distinctive piece against its paper's formula
 
-def randomized(cell, seed=0):
-    rng = np.random.default_rng(seed)
-    for p in cell.get_parameters():
-        p.set_data(Tensor(rng.normal(0.0, 0.5, p.shape).astype(np.float32)))
-    return cell
-
-
 def test_dcn_cross_layer_is_x0_times_xl_dot_w_plus_b_plus_xl():
     rng = np.random.default_rng(1)
     x0, x = (rng.normal(size=(5, 7)).astype(np.float32) for _ in range(2))
-    layer = randomized(CrossLayer(7))
+    layer = randomize_parameters(CrossLayer(7))
     weight, bias = layer.weight.asnumpy(), layer.bias.asnumpy()
 
     expected = x0 * (x @ weight) + bias + x
@@ -135,7 +128,7 @@ def test_fm_term_sums_the_dot_products_of_every_pair_of_fields():
 
 def test_cold_gate_scales_each_field_by_a_sigmoid_of_all_fields():
     fields = np.random.default_rng(3).normal(size=(4, 6, 8)).astype(np.float32)
-    gate = randomized(FieldGate(6, 8))
+    gate = randomize_parameters(FieldGate(6, 8))
     weight, bias = gate.excitation.weight.asnumpy(), gate.excitation.bias.asnumpy()
 
     weights = 1 / (1 + np.exp(-(fields.reshape(4, -1) @ weight.T + bias)))
@@ -146,7 +139,7 @@ def test_cold_gate_scales_each_field_by_a_sigmoid_of_all_fields():
 
 def test_autoint_layer_is_multi_head_self_attention_over_fields_with_a_residual():
     fields = np.random.default_rng(4).normal(size=(3, 6, 8)).astype(np.float32)
-    layer = randomized(InteractingLayer(8, heads=2))
+    layer = randomize_parameters(InteractingLayer(8, heads=2))
     query, key, value, residual = np.split(fields @ layer.projections.weight.asnumpy().T, 4, axis=-1)
 
     heads = []
