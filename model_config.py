@@ -126,7 +126,8 @@ def add_config_args(parser: argparse.ArgumentParser, data_only: bool = False) ->
     g = parser.add_argument_group("model")
     g.add_argument("--model", choices=MODEL_NAMES,
                    help=f"IntTower or one of the paper's baselines (default {d.model}; see baselines.py)")
-    g.add_argument("--mlp-layers", type=positive(int), nargs="+", help=f"layer sizes of each tower, or of the ranking baselines' MLP (default {d.mlp_layers})")
+    g.add_argument("--mlp-layers", type=positive(int), nargs="+",
+                   help=f"layer sizes of each tower, or of the ranking baselines' MLP (default {d.mlp_layers})")
     g.add_argument("--feblock-size", type=positive(int), help=f"FE projection size (default {d.feblock_size})")
     g.add_argument("--head-num", type=positive(int), help=f"FE heads (default {d.head_num})")
     g.add_argument("--sparse-embedding-dim", type=positive(int),
