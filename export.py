@@ -24,7 +24,7 @@ import get_dataset
 import util
 from eval import load_matching_dataset
 from model import MethodCell, input_names, item_input_names, user_input_names
-from networks import TOWER_MODELS, model_from_checkpoint
+from networks import TOWER_MODELS, inference_copy, model_from_checkpoint
 
 EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
 TOLERANCE = 1e-5  # --verify fails above this max absolute difference
@@ -126,8 +126,10 @@ def write_item_index(path, item_heads, items, bias):
 
 def write_serving_models(net, config, meta, name):
     """NAME_user_tower, NAME_item_tower and NAME_scorer .mindir with their sidecars: the towers with a
-    dynamic batch, the scorer with a dynamic candidate count. -> {part: path}."""
+    dynamic batch, the scorer with a dynamic candidate count; written from an inference copy of
+    `net` with its BatchNorms folded. -> {part: path}."""
     schema, config_dict = meta["schema"], meta["config"]
+    net = inference_copy(net, schema, config)
     user_names, item_names = user_input_names(config), item_input_names(config)
     user_tower, item_tower = MethodCell(net, "user_heads"), MethodCell(net, "item_heads")
     # head counts and size from one all-zero row (0, the unknown id, is a valid input)
@@ -247,8 +249,8 @@ def main(argv=None):
     name = args.file_name[:-len(extension)] if args.file_name.endswith(extension) else args.file_name
     files = {"model": name + extension}
     batch = args.batch_size or None
-    write_model(net, feature_inputs(input_names(config), meta["schema"], batch), [dict(PROBABILITY, shape=[batch])],
-                meta["config"], files["model"], args.file_format)
+    write_model(inference_copy(net, meta["schema"], config), feature_inputs(input_names(config), meta["schema"], batch),
+                [dict(PROBABILITY, shape=[batch])], meta["config"], files["model"], args.file_format)
 
     if args.serving:
         files.update(write_serving_models(net, config, meta, name))

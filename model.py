@@ -12,7 +12,7 @@ from mindspore import nn, ops, Parameter, Tensor
 from mindspore.common.initializer import Normal
 
 from get_dataset import ITEM_DENSE, ITEM_MULTI, ITEM_SPARSE, USER_DENSE, USER_SPARSE
-from module import BatchNorm, CIRLoss, LightSE, dense_then_norm, maxsim_candidates, maxsim_score
+from module import BatchNorm, CIRLoss, LightSE, folded_dense, matmul_transposed, maxsim_candidates, maxsim_score
 
 
 def user_input_names(config):
@@ -106,6 +106,7 @@ class Tower(FieldEmbeddings):
         self.input_norm = BatchNorm(in_dim) if config.input_norm else None
         # the normalised input x0 is only needed explicitly when the FE-Block projects it
         self.keep_input = config.fe_source == "inputs"
+        self.folded = False
         self.layers = nn.CellList(dense_layers(in_dim, config.mlp_layers, config.keep_rate, batch_norm=True))
 
     def tower_input(self, *features):
@@ -127,16 +128,33 @@ class Tower(FieldEmbeddings):
             return outputs
         # Inference: the BatchNorms folded into the Dense layers, so a layer is one matmul + bias +
         # ReLU (Dropout is the identity): the same function, 1.3x faster here (README, Speed).
+        # Folded once for good by fold_batchnorm (export), else on every call.
         input_norm = self.input_norm
-        if self.keep_input and input_norm is not None:
+        if self.keep_input and input_norm is not None:  # the FE-Block projects the normalised input
             x = input_norm(x)
             input_norm = None
         outputs = (x,)
         for layer in self.layers:
-            x = ops.relu(dense_then_norm(layer[0], layer[1], x, input_norm))
+            if self.folded:
+                x = ops.relu(layer[0](x))
+            else:
+                weight, bias = folded_dense(layer[0], layer[1], input_norm)
+                x = ops.relu(ops.bias_add(matmul_transposed(x, weight), bias))
             input_norm = None
             outputs = outputs + (x,)
         return outputs
+
+    def fold_batchnorm(self):
+        """Fold every BatchNorm into its Dense once, in place, for export: the per-call folding
+        costs more than the layers themselves for one user (0.6 ms against 0.2 ms here). From then
+        on the tower computes its inference-mode function only."""
+        input_norm = None if self.keep_input else self.input_norm
+        for layer in self.layers:
+            weight, bias = folded_dense(layer[0], layer[1], input_norm)
+            layer[0].weight.set_data(weight)
+            layer[0].bias.set_data(bias)
+            input_norm = None
+        self.folded = True
 
     def construct(self, *features):
         return self.layer_outputs(self.tower_input(*features))
@@ -247,6 +265,13 @@ class IntTower(nn.Cell):
         logits, user_rep, item_rep = self.logits_and_representations(*features)
         loss = bce_with_l2(logits, labels, self.embedding_tables, self.l2_embedding)
         return loss + self.representation_loss(labels, user_rep, item_rep, *features)
+
+
+def fold_batchnorm(net):
+    """Fold every tower's BatchNorms into its Dense layers, in place (Tower.fold_batchnorm)."""
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, Tower):
+            cell.fold_batchnorm()
 
 
 class MethodCell(nn.Cell):

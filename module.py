@@ -44,9 +44,9 @@ class BatchNorm(nn.Cell):
         return scale, self.beta - self.moving_mean * scale
 
 
-def dense_then_norm(dense, norm, x, input_norm=None):
-    """Inference of [input_norm ->] dense -> norm as one matmul + BiasAdd: both BatchNorms folded
-    into the Dense's weights (the same function as the three layers in inference mode)."""
+def folded_dense(dense, norm, input_norm=None):
+    """(weight [out, in], bias [out]) of one Dense computing [input_norm ->] dense -> norm in
+    inference mode: both BatchNorms folded into the Dense's weights."""
     scale, shift = norm.affine()
     weight = dense.weight * scale.expand_dims(1)
     bias = dense.bias * scale + shift
@@ -54,7 +54,11 @@ def dense_then_norm(dense, norm, x, input_norm=None):
         in_scale, in_shift = input_norm.affine()
         bias = bias + ops.matmul(weight, in_shift.expand_dims(1)).squeeze(1)
         weight = weight * in_scale
-    return ops.bias_add(ops.matmul(x, weight.transpose(1, 0)), bias)
+    return weight, bias
+
+
+# x @ weight.T without materialising the transpose (as nn.Dense does)
+matmul_transposed = ops.MatMul(transpose_b=True)
 
 
 def mean_over_last(x):
@@ -88,11 +92,18 @@ def maxsim_score(user_heads, item_heads):
 
 
 def maxsim_candidates(user_heads, item_heads):
-    """The same score for one user against N candidates, as one [N*V, d] x [d, U] matmul (the
-    pre-ranking form: item heads come from a cache). user_heads [U, d], item_heads [N, V, d] -> [N]."""
-    n, v, d = item_heads.shape
-    similarity = ops.matmul(item_heads.reshape(n * v, d), user_heads.transpose(1, 0))
-    return similarity.reshape(n, v, -1).max(axis=1).sum(axis=-1)
+    """The same score for one user against N candidates (the pre-ranking form: item heads come
+    from a cache). user_heads [U, d], item_heads [N, V, d] -> [N].
+    Written for the CPU (README, Speed): one [N*V, d] x [d, U] matmul on the untransposed user
+    heads; the max over item heads as an elementwise maximum of V column blocks of the [N, V*U]
+    similarities, and the sum over user heads as a matmul: reductions over a middle or a short
+    axis were several times slower (3.5 against 1.4 ms for 10,000 candidates, dynamic N)."""
+    user_num, head_num, dim = user_heads.shape[0], item_heads.shape[1], item_heads.shape[2]
+    similarity = matmul_transposed(item_heads.reshape(-1, dim), user_heads).reshape(-1, head_num * user_num)
+    best = similarity[:, :user_num]
+    for head in range(1, head_num):
+        best = ops.maximum(best, similarity[:, head * user_num:(head + 1) * user_num])
+    return ops.matmul(best, ops.ones((user_num, 1), best.dtype)).squeeze(1)
 
 
 def l2_normalize(x, eps=1e-12):

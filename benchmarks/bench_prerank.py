@@ -58,14 +58,16 @@ def random_features(names, schema, n, rng):
 
 def numpy_scores(user_heads, item_heads_by_head, bias):
     """The scorer in numpy on a cache laid out item-head first ([V, N, d], transposed once when the
-    index is loaded): one batched [N, d] @ [d, U] per item head, an elementwise max over the V
-    heads, a sum over the U user heads. The layout makes the max run over contiguous blocks:
-    0.65 ms instead of 0.84 ms for 10,000 candidates here."""
-    similarity = item_heads_by_head @ user_heads.T  # [V, N, U]
-    best = similarity[0]
-    for head in similarity[1:]:
+    index is loaded): one [V*N, d] @ [d, U] matmul, an elementwise max over the V contiguous
+    [N, U] blocks, a sum over the U user heads (as a matrix-vector product: numpy's sum over a
+    short last axis is slower). 0.50 ms instead of 0.63 for a batched matmul + sum, 10,000
+    candidates, on the AMD EPYC."""
+    heads, n, dim = item_heads_by_head.shape
+    similarity = (item_heads_by_head.reshape(heads * n, dim) @ user_heads.T).reshape(heads, n, -1)
+    best = np.maximum(similarity[0], similarity[-1])
+    for head in similarity[1:-1]:
         np.maximum(best, head, out=best)
-    return 1.0 / (1.0 + np.exp(-(best.sum(axis=1) + bias)))
+    return 1.0 / (1.0 + np.exp(-(best @ np.ones(best.shape[1], best.dtype) + bias)))
 
 
 def latency(request, repeats):

@@ -10,7 +10,7 @@ from conftest import (all_finite, random_features, random_labels, randomize_para
                       split_features, tiny_config)
 from model import IntTower, MethodCell, input_names
 from module import BatchNorm, CIRLoss, LightSE, maxsim_candidates, maxsim_score, mean_over_last
-from networks import TOWER_MODELS, build_network
+from networks import TOWER_MODELS, build_network, inference_copy
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -110,6 +110,23 @@ def test_inference_folds_batchnorm_into_dense_without_changing_the_function(sche
     unfolded = Unfolded(net)
     unfolded.set_train(False)
     np.testing.assert_allclose(folded, unfolded(*user_features).asnumpy(), **TOL)
+
+
+@pytest.mark.parametrize("switch", [{}, {"fe_source": "inputs"}, {"input_norm": False}],
+                         ids=["default", "fe_inputs", "no_input_norm"])
+def test_an_inference_copy_folds_batchnorm_once_and_computes_the_same_function(schema, switch):
+    config = tiny_config(**switch)
+    net = randomize_parameters(IntTower(schema, config))
+    before = {p.name: p.asnumpy().copy() for p in net.get_parameters()}
+    copy = inference_copy(net, schema, config)
+    features = random_features(schema, config, batch=16)
+    net.set_train(False)
+    np.testing.assert_allclose(copy(*features).asnumpy(), net(*features).asnumpy(), **TOL)
+    user_features, _ = split_features(config, features)
+    np.testing.assert_allclose(MethodCell(copy, "user_heads")(*user_features).asnumpy(),
+                               MethodCell(net, "user_heads")(*user_features).asnumpy(), **TOL)
+    assert all(np.array_equal(p.asnumpy(), before[p.name]) for p in net.get_parameters())  # the original is kept
+    assert copy.user_tower.folded and not net.user_tower.folded
 
 
 def test_field_means_match_numpy():
