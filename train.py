@@ -142,6 +142,12 @@ def train_epoch(step, shuffled: dict, names, slices, progress: dict, steps_left:
     return losses
 
 
+def interrupted_exit_code(workers) -> int:
+    # under msrun a worker's exit code is not passed on, and a non-zero one makes msrun wait for the
+    # scheduler's timeout and report an exception: interrupted workers end normally
+    return 0 if workers.distributed else 130
+
+
 def main(argv=None):
     args = parse_args(argv)
     # flags checked before the workers start (msrun also runs this script as its scheduler)
@@ -151,10 +157,11 @@ def main(argv=None):
     if args.batch_size and args.batch_size % distributed.worker_count():
         raise util.UsageError(f"--batch-size {args.batch_size} is the global batch: it must be a multiple of the "
                               f"{distributed.worker_count()} workers")
+    ctrl_c = util.ctrl_c_event()  # before any MindSpore thread starts, so that none of them takes SIGINT
     setup_mindspore(args.device_target, args.pynative, args.deterministic)
     workers = distributed.Workers()
     quiet = args.quiet or not workers.main
-    ctrl_c = util.ctrl_c_event()
+    log = util.log if workers.main else (lambda message: None)  # the main worker speaks for all
 
     def stop_requested() -> bool:  # all workers stop after the same step
         return workers.any(ctrl_c.is_set())
@@ -183,7 +190,7 @@ def main(argv=None):
     # this worker's part of each global batch (Workers.rows lays them out batch after batch)
     slices = util.batch_slices(n_train // batch_size * batch_size // workers.size, batch_size // workers.size,
                                drop_last=True)
-    util.log(f"training {config.model} on {config.dataset} ({config.protocol} protocol){n_workers}: {n_train} "
+    log(f"training {config.model} on {config.dataset} ({config.protocol} protocol){n_workers}: {n_train} "
              f"train rows, {len(slices)} steps of {batch_size} per epoch, "
              f"{'PyNative' if args.pynative else 'graph'} mode")
 
@@ -194,7 +201,7 @@ def main(argv=None):
         util.load_parameters(net, params, last_path)
         util.load_parameters(optimizer, params, last_path)
         progress = stored["progress"]
-        util.log(f"resuming {last_path} at epoch {progress['epoch'] + 1}, step {progress['step']}")
+        log(f"resuming {last_path} at epoch {progress['epoch'] + 1}, step {progress['step']}")
     meta = {"config": dataclasses.asdict(config), "schema": data.schema}
 
     def save_last():
@@ -226,9 +233,8 @@ def main(argv=None):
         interrupted = stop_requested()
         if interrupted and progress["step"] < len(slices):
             save_last()
-            util.log(f"interrupted: saved {last_path} at epoch {epoch + 1} step {progress['step']}; "
-                     "continue with --resume")
-            break
+            log(f"interrupted: saved {last_path} at epoch {epoch + 1} step {progress['step']}; continue with --resume")
+            return interrupted_exit_code(workers)
         # the main worker validates on the whole split; every worker then keeps the same books from
         # its AUC (as float32, so that they take the same decisions)
         valid_metrics, valid_seconds = (evaluate(net, data.valid, names, quiet) if workers.main
@@ -259,13 +265,11 @@ def main(argv=None):
         if workers.main:
             util.write_json(os.path.join(args.out_dir, METRICS_NAME), metrics)
     if interrupted:
-        util.log(f"interrupted after epoch {progress['epoch']}: {last_path} is saved; continue with --resume")
-        # under msrun a worker's exit code is not passed on, and a non-zero one makes msrun wait for
-        # the scheduler's timeout and report an exception: the workers end normally
-        return 0 if workers.distributed else 130
+        log(f"interrupted after epoch {progress['epoch']}: {last_path} is saved; continue with --resume")
+        return interrupted_exit_code(workers)
     if epochs_without_gain >= config.patience:
-        util.log(f"early stop: no better valid AUC for {config.patience} epochs")
-    util.log(f"best epoch {progress['best_epoch']} (valid_auc={progress['best_valid_auc']:.4f}) -> {best_path}")
+        log(f"early stop: no better valid AUC for {config.patience} epochs")
+    log(f"best epoch {progress['best_epoch']} (valid_auc={progress['best_valid_auc']:.4f}) -> {best_path}")
     return 0
 
 
