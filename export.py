@@ -32,7 +32,7 @@ VERIFY_ROWS = 2048  # test rows per verification batch
 VERIFY_USERS = 100  # users whose test items check the serving path against the full model
 # the full model's and the scorer's output (each file sets its shape)
 PROBABILITY = {"name": "probability", "dtype": "float32", "shape": None,
-               "feature": "click probability of each (user, item) row: sigmoid(FE-Block score + bias)"}
+               "feature": "click probability of each (user, item) row"}
 
 # What each input holds (get_dataset.py encodes them; sparse ids are 1..vocab-1, 0 = unknown).
 FEATURES = {
@@ -136,9 +136,11 @@ def write_serving_models(net, config, meta, name):
     _, heads_per_user, head_dim = user_tower(*export_args(feature_inputs(user_names, schema, 1))).shape
     heads_per_item = item_tower(*export_args(feature_inputs(item_names, schema, 1))).shape[1]
     user_heads = {"name": "user_heads", "dtype": "float32", "shape": [None, heads_per_user, head_dim],
-                  "feature": "FE heads of every user layer, stacked"}
+                  "feature": "the user's heads (IntTower: the FE heads of every user layer, stacked; "
+                             "the other tower models: one, from the last layer)"}
     item_heads = {"name": "item_heads", "dtype": "float32", "shape": [None, heads_per_item, head_dim],
-                  "feature": "FE heads of the item's last layer"}
+                  "feature": "the item's heads (IntTower: the FE heads of the last layer; "
+                             "the other tower models: one, from the last layer)"}
     # the scorer's inputs are unbounded floats: low/high null
     scorer_inputs = [dict(user_heads, shape=[heads_per_user, head_dim], low=None, high=None,
                           feature="one user's heads: the user tower's output for that user"),
