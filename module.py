@@ -1,5 +1,7 @@
 """The three IntTower building blocks as MindSpore Cells: Light-SE, the FE-Block scorer and the
-CIR contrastive loss (Li et al., CIKM 2022)."""
+CIR contrastive loss (Li et al., CIKM 2022); and the pieces they stand on: a BatchNorm written for
+CPU speed (with its inference form folded into a Dense), and the all-gather CIR needs when
+training data parallel."""
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.communication import get_group_size, get_rank
