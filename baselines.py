@@ -1,19 +1,19 @@
 """The paper's baselines beside IntTower, each as its own paper defines it, on the same feature
 schema, embeddings and training loop (train.py calls `net.loss(labels, *features)`, evaluation
-`net(*features)` -> probabilities [B]; inputs in model.input_names order).
+`net(*features)` -> probabilities [B]; inputs in features.input_names order).
 
-Tower models, servable with cached item vectors (they extend model.IntTower's scoring path):
+Tower models, servable with cached item vectors (on model.TwoTowerModel, as IntTower):
 - DSSM (Huang et al. 2013): sigmoid(gamma * cosine(user tower, item tower) + bias).
 - DAT (Yu et al. 2021): DSSM with an augmented vector per user id and per item id fed into the
   towers, and the adaptive-mimic loss.
-Ranking models, which score the user and the item together: every field embedded (user_id,
-gender, age, occupation, movie_id, genres mean-pooled) plus the two dense values, as the authors'
-PyTorch code feeds them:
-- Wide&Deep (Cheng et al. 2016): linear (wide) + MLP (deep).
-- DeepFM (Guo et al. 2017): linear + FM second-order term + MLP.
-- DCN (Wang et al. 2017): cross network beside the MLP.
-- AutoInt (Song et al. 2019): multi-head self-attention over the fields beside the MLP.
-- COLD (Wang et al. 2020): SE gate over all fields, then the MLP over user and item together.
+Models that score the user and the item together (every field embedded: user_id, gender, age,
+occupation, movie_id, genres mean-pooled, plus the two dense values, as the authors' PyTorch code
+feeds them), so they cannot cache item vectors:
+- COLD (Wang et al. 2020), which the paper counts among the pre-ranking models: a light model
+  over user and item together, an SE gate over all fields, then the MLP.
+- the ranking models Wide&Deep (Cheng et al. 2016): linear (wide) + MLP (deep); DeepFM (Guo et al.
+  2017): linear + FM second-order term + MLP; DCN (Wang et al. 2017): cross network beside the
+  MLP; AutoInt (Song et al. 2019): multi-head self-attention over the fields beside the MLP.
 Hyper-parameters and their sources are in model_config.py; every model shares the project's
 embedding size, MLP sizes, dropout and training loop.
 """
@@ -22,20 +22,19 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, XavierNormal, initializer
 
-from get_dataset import ITEM_DENSE, USER_DENSE
-from model import (FieldEmbeddings, IntTower, bce_with_l2, dense_layers, embedding_tables, tower_vocabularies,
-                   user_input_names)
-from module import l2_normalize
+from features import tower_features
+from model import TwoTower
+from module import FieldEmbeddings, bce_with_l2, dense_layers, embedding_tables, l2_normalize
 
 
 # ---------------------------------------------------------------------------------------------
 # Tower models
 
-class DSSM(IntTower):
+class DSSM(TwoTower):
     """DSSM as the IntTower authors' PyTorch code trains it: towers without Light-SE, scored by the
     cosine of their last layers, sigmoid(gamma * cos(u, v) + bias), with BCE. Its heads are the
-    normalised last layers, the user's times gamma, so IntTower's MaxSim over one head each is the
-    scaled cosine and serving is IntTower's."""
+    normalised last layers, the user's times gamma, so MaxSim over one head each is the scaled
+    cosine and serving is every tower model's."""
 
     def __init__(self, schema, config, extra_inputs=0):
         super().__init__(schema, config, lightse=False, extra_inputs=extra_inputs)
@@ -100,11 +99,11 @@ class PairFields(nn.Cell):
 
     def __init__(self, schema, config, dim):
         super().__init__()
-        (user_sparse, user_multi), (item_sparse, item_multi) = tower_vocabularies(schema, config)
-        self.user = FieldEmbeddings(user_sparse, user_multi, dim)
-        self.item = FieldEmbeddings(item_sparse, item_multi, dim)
+        self.user = FieldEmbeddings(tower_features("user", config), schema, dim)
+        self.item = FieldEmbeddings(tower_features("item", config), schema, dim)
         self.field_num = self.user.field_num + self.item.field_num
-        self.user_input_num = len(user_input_names(config))
+        self.dense_num = self.user.dense_num + self.item.dense_num
+        self.user_input_num = len(tower_features("user", config))
 
     def construct(self, *features):
         user_fields, user_dense = self.user(*features[:self.user_input_num])
@@ -113,7 +112,7 @@ class PairFields(nn.Cell):
 
 
 class RankingModel(nn.Cell):
-    """What the ranking baselines share: the pair's fields, an MLP over the flattened fields and
+    """What the models that score user and item together (COLD and the ranking models) share: the pair's fields, an MLP over the flattened fields and
     dense values (Dense -> ReLU -> Dropout per layer, no BatchNorm: the PyTorch baselines'
     dnn_use_bn=False), an optional linear term over every field (a scalar weight per id and per
     dense value), a learnable bias, and BCE (+ L2 on the embedding tables). A subclass adds its
@@ -124,13 +123,13 @@ class RankingModel(nn.Cell):
         dim = config.sparse_embedding_dim
         self.fields = PairFields(schema, config, dim)
         self.field_num = self.fields.field_num
-        self.input_dim = self.field_num * dim + len(USER_DENSE + ITEM_DENSE)
+        self.input_dim = self.field_num * dim + self.fields.dense_num
         self.deep = nn.SequentialCell(dense_layers(self.input_dim, config.mlp_layers, config.keep_rate,
                                                    batch_norm=False))
         self.deep_width = config.mlp_layers[-1]
         self.linear = PairFields(schema, config, 1) if linear else None
         if linear:
-            self.dense_linear = nn.Dense(len(USER_DENSE + ITEM_DENSE), 1, has_bias=False)
+            self.dense_linear = nn.Dense(self.fields.dense_num, 1, has_bias=False)
         self.bias = Parameter(Tensor([0.0], ms.float32), name="bias")
         self.l2_embedding = config.l2_embedding
         self.embedding_tables = embedding_tables(self)
@@ -147,7 +146,7 @@ class RankingModel(nn.Cell):
         return logits
 
     def construct(self, *features):
-        """All user then all item features (model.input_names order) -> click probability [B]."""
+        """All user then all item features (features.input_names order) -> click probability [B]."""
         return ops.sigmoid(self.logits(*features))
 
     def loss(self, labels, *features):
@@ -289,7 +288,8 @@ class FieldGate(nn.Cell):
 
 
 class COLD(RankingModel):
-    """COLD's model: the SE gate over every field (user and item), then the MLP over the gated
+    """COLD, a pre-ranking model in the paper's Table 2 that, unlike the tower models, cannot cache
+    item vectors: the SE gate over every field (user and item), then the MLP over the gated
     embeddings and dense values together. The PyTorch COLD gates with FiBiNET's SENET instead
     (mean-squeezed fields, two ReLU layers, no sigmoid) and adds a linear term; this follows the
     COLD paper."""

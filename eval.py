@@ -1,27 +1,29 @@
 """Evaluate a checkpoint on its test split: global AUC and logloss over every test row.
 
-python eval.py [--ckpt output/IntTower.ckpt] [--predictions preds.csv]
-The checkpoint carries its config and feature schema, so the same data, protocol, split and
-seed are rebuilt without repeating flags.
+python eval.py [--ckpt output/IntTower.ckpt] [--predictions preds.csv] [--published-metrics]
+Without --ckpt it takes the best checkpoint of the run in output/. The checkpoint carries its
+config and feature schema, so the same data, protocol, split and seed are rebuilt without
+repeating flags.
 """
 import argparse
 import dataclasses
 import os
 import time
 
-import mindspore as ms
 import numpy as np
 
 import get_dataset
+import ms_util
 import util
-from model import input_names
-from networks import model_from_checkpoint
+from features import input_names
+from networks import model_from_checkpoint, run_checkpoint
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", default="output/IntTower.ckpt", help="checkpoint (default output/IntTower.ckpt)")
-    parser.add_argument("--out-dir", default="output", help="where eval_metrics.json goes (default output/)")
+    parser.add_argument("--ckpt", help="checkpoint (default: the best checkpoint of the run in --out-dir)")
+    parser.add_argument("--out-dir", default="output", help="the run's folder: where the default checkpoint is "
+                        "and eval_metrics.json goes (default output/)")
     parser.add_argument("--auc-log", default="auc.log", help="file a result line is appended to (default auc.log)")
     parser.add_argument("--predictions", metavar="FILE", help="write a CSV label,prediction for every test row")
     parser.add_argument("--published-metrics", action="store_true",
@@ -37,7 +39,7 @@ def load_matching_dataset(meta: dict, config, args):
     """The checkpoint's own dataset and splits; refuses data that differs from what it was trained on."""
     data_root = args.data_root
     data = get_dataset.load_dataset(config, data_root, download=args.download, use_cache=not args.no_cache,
-                                    quiet=args.quiet, source=args.source)
+                                    source=args.source)
     trained, found = meta["schema"], data.schema
     for key in ("vocab", "data_hash", "rows"):
         if trained.get(key) != found.get(key):
@@ -68,8 +70,8 @@ def published_metrics(net, config, args, test: dict, predictions: np.ndarray) ->
     metrics = {"batch_mean_auc": batch_mean_auc(test["label"], predictions)}
     if config.protocol == "paper":
         redrawn = dataclasses.replace(config, seed=PUBLISHED_EVAL_SEED)
-        other = get_dataset.load_dataset(redrawn, args.data_root, use_cache=not args.no_cache, quiet=args.quiet).test
-        other_predictions = util.predict(net, other, input_names(config), args.quiet)
+        other = get_dataset.load_dataset(redrawn, args.data_root, use_cache=not args.no_cache).test
+        other_predictions = ms_util.predict(net, other, input_names(config))
         metrics["redrawn_split_auc"] = util.global_metrics(other["label"], other_predictions)["auc"]
         metrics["redrawn_split_batch_mean_auc"] = batch_mean_auc(other["label"], other_predictions)
     return metrics
@@ -83,24 +85,23 @@ def write_predictions(path: str, labels: np.ndarray, predictions: np.ndarray) ->
 
 def main(argv=None):
     args = parse_args(argv)
-    ms.set_device(args.device_target)
-    ms.set_context(mode=ms.GRAPH_MODE)
-    net, config, meta = model_from_checkpoint(args.ckpt)
+    util.set_quiet(args.quiet)
+    ms_util.setup(args.device_target)
+    ckpt = args.ckpt or run_checkpoint(args.out_dir)
+    net, config, meta = model_from_checkpoint(ckpt)
     test = load_matching_dataset(meta, config, args).test
-    start = time.perf_counter()
-    predictions = util.predict(net, test, input_names(config), args.quiet)
-    seconds = time.perf_counter() - start
-    metrics = util.global_metrics(test["label"], predictions)
-    rows = len(predictions)
+    metrics = ms_util.evaluate(net, test, input_names(config))
+    predictions = metrics["predictions"]
     print(f"test_auc={metrics['auc']:.4f} test_logloss={metrics['logloss']:.4f}")
-    report = {"test_auc": metrics["auc"], "test_logloss": metrics["logloss"], "rows": rows, "seconds": seconds,
-              "samples_per_s": rows / seconds, "checkpoint": os.path.abspath(args.ckpt), "config": meta["config"]}
+    report = {"test_auc": metrics["auc"], "test_logloss": metrics["logloss"], "rows": len(predictions),
+              "seconds": metrics["seconds"], "samples_per_s": metrics["samples_per_s"],
+              "checkpoint": os.path.abspath(ckpt), "config": meta["config"]}
     if args.published_metrics:
         report["published"] = published_metrics(net, config, args, test, predictions)
         print(" ".join(f"published_{name}={value:.4f}" for name, value in report["published"].items()))
     util.write_json(os.path.join(args.out_dir, "eval_metrics.json"), report)
     with open(args.auc_log, "a") as log_file:
-        log_file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {args.ckpt} {config.model} {config.dataset} "
+        log_file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {ckpt} {config.model} {config.dataset} "
                        f"{config.protocol} test_auc={metrics['auc']:.6f} test_logloss={metrics['logloss']:.6f}\n")
     if args.predictions:
         write_predictions(args.predictions, test["label"], predictions)

@@ -4,7 +4,8 @@ the item index of every item's cached heads).
 
 python export.py [--ckpt output/IntTower.ckpt] [--file-format MINDIR|ONNX|AIR] [--batch-size 2048]
                  [--file-name output/IntTower] [--serving] [--verify]
-writes output/IntTower.mindir + output/IntTower.mindir.json; --serving adds
+writes output/IntTower.mindir + output/IntTower.mindir.json (without --ckpt: the best checkpoint of
+the run in --out-dir, named after its model); --serving adds
 output/IntTower_{user_tower,item_tower,scorer}.mindir (+ .json) and output/IntTower_item_index.npz.
 --batch-size 0 exports the full model with a dynamic batch axis (MindIR only); the serving files
 always have a dynamic batch (towers) or a dynamic candidate count (scorer). A plain export needs
@@ -21,10 +22,12 @@ import onnxruntime
 from mindspore import Tensor, nn
 
 import get_dataset
+import ms_util
 import util
 from eval import load_matching_dataset
-from model import MethodCell, input_names, item_input_names, user_input_names
-from networks import TOWER_MODELS, inference_copy, model_from_checkpoint
+from features import BY_NAME, input_names, item_input_names, user_input_names
+from model import MethodCell
+from networks import TOWER_MODELS, inference_copy, model_from_checkpoint, run_checkpoint
 
 EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
 TOLERANCE = 1e-5  # --verify fails above this max absolute difference
@@ -34,30 +37,18 @@ VERIFY_USERS = 100  # users whose test items check the serving path against the 
 PROBABILITY = {"name": "probability", "dtype": "float32", "shape": None,
                "feature": "click probability of each (user, item) row"}
 
-# What each input holds (get_dataset.py encodes them; sparse ids are 1..vocab-1, 0 = unknown).
-FEATURES = {
-    "user_id": "encoded user id (0 = unknown user)",
-    "gender": "encoded gender (0 = unknown)",
-    "age": "encoded ML-1M age bucket (0 = unknown)",
-    "occupation": "encoded occupation (0 = unknown)",
-    "user_mean_rating": "the user's share of positive ratings, scaled to [0, 1]",
-    "movie_id": "encoded movie id (0 = unknown movie)",
-    "genres": "encoded genre ids of the movie, left-aligned, 0 = padding (mean-pooled)",
-    "item_mean_rating": "the movie's share of positive ratings, scaled to [0, 1]",
-}
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", default="output/IntTower.ckpt", help="checkpoint (default output/IntTower.ckpt)")
+    parser.add_argument("--ckpt", help="checkpoint (default: the best checkpoint of the run in --out-dir)")
+    parser.add_argument("--out-dir", default="output", help="the run's folder (default output/)")
     parser.add_argument("--file-format", choices=list(EXTENSIONS), default="MINDIR",
                         help="MINDIR (default), ONNX (fixed batch; runs in onnxruntime) or AIR (Ascend only)")
     parser.add_argument("--batch-size", type=int, default=2048,
                         help="batch axis of the full model (default 2048, the published export); "
                              "0 = dynamic batch (MINDIR only)")
-    parser.add_argument("--file-name", default="output/IntTower",
-                        help="output path without extension (default output/IntTower): writes NAME.mindir "
-                             "or NAME.onnx, each with NAME.<ext>.json")
+    parser.add_argument("--file-name",
+                        help="output path without extension (default: the checkpoint's, e.g. output/IntTower): "
+                             "writes NAME.mindir or NAME.onnx, each with NAME.<ext>.json")
     parser.add_argument("--serving", action="store_true",
                         help="also write NAME_user_tower.mindir, NAME_item_tower.mindir, NAME_scorer.mindir "
                              "(MindIR whatever --file-format says) and NAME_item_index.npz")
@@ -76,11 +67,11 @@ def feature_inputs(names, schema, batch):
     """Sidecar entries of feature inputs; batch None = a dynamic batch axis."""
     entries = []
     for name in names:
-        dense = name in schema["dense_range"]
-        low, high = schema["dense_range"][name] if dense else (0, schema["vocab"][name])
-        entries.append({"name": name, "dtype": "float32" if dense else "int32",
-                        "shape": [batch, schema["max_genres"]] if name == "genres" else [batch],
-                        "feature": FEATURES[name], "low": low, "high": high})
+        kind = BY_NAME[name].kind
+        low, high = schema["dense_range"][name] if kind == "dense" else (0, schema["vocab"][name])
+        entries.append({"name": name, "dtype": "float32" if kind == "dense" else "int32",
+                        "shape": [batch, schema["max_genres"]] if kind == "multi" else [batch],
+                        "feature": BY_NAME[name].holds, "low": low, "high": high})
     return entries
 
 
@@ -106,20 +97,21 @@ def write_model(cell, inputs, outputs, config, path, file_format):
     util.log(f"wrote {path} and {path}.json")
 
 
-def item_heads_of(item_tower, items, names, quiet):
+def item_heads_of(item_tower, items, names):
     """Every item's heads [N, V, d], in the order of the item table."""
-    slices = util.batch_slices(len(items["movie_id"]), util.EVAL_BATCH_SIZE, drop_last=False)
-    return np.concatenate([item_tower(*util.to_tensors(items, names, start, stop)).asnumpy()
-                           for start, stop in util.progress(slices, quiet, desc="item index", leave=False)])
+    slices = util.batch_slices(len(items["movie_id"]), ms_util.EVAL_BATCH_SIZE, drop_last=False)
+    return np.concatenate([item_tower(*ms_util.to_tensors(items, names, start, stop)).asnumpy()
+                           for start, stop in util.progress(slices, desc="item index", leave=False)])
 
 
 def write_item_index(path, item_heads, items, bias):
-    """Every item's heads with its encoded and raw ids, row by row, and the scorer's bias (so the
-    heads can be scored outside MindSpore: benchmarks/bench_prerank.py has a numpy scorer)."""
+    """Every item's heads with its encoded and raw ids and its title, row by row, and the scorer's
+    bias (so the heads can be scored outside MindSpore: benchmarks/bench_prerank.py has a numpy
+    scorer)."""
     def write(tmp):
         with open(tmp, "wb") as f:
             np.savez(f, item_heads=item_heads, movie_id=items["movie_id"], raw_movie_id=items["raw_movie_id"],
-                     bias=bias)
+                     title=items["title"], bias=bias)
     util.atomic_write(path, write)
     util.log(f"wrote {path} ({len(item_heads)} items)")
 
@@ -229,6 +221,7 @@ def verify(files, net, config, test, items, batch_size):
 
 def main(argv=None):
     args = parse_args(argv)
+    util.set_quiet(args.quiet)
     if args.batch_size < 0:
         raise util.UsageError(f"--batch-size must be >= 0 (0 = dynamic batch), got {args.batch_size}")
     if args.file_format == "AIR" and args.device_target != "Ascend":
@@ -238,9 +231,9 @@ def main(argv=None):
     if args.file_format == "ONNX" and args.batch_size == 0:
         raise util.UsageError("--file-format ONNX needs a fixed --batch-size (MindSpore's ONNX export keeps the "
                               "export batch inside its Reshapes); use --batch-size N, or MINDIR for a dynamic batch")
-    ms.set_device(args.device_target)
-    ms.set_context(mode=ms.GRAPH_MODE)
-    net, config, meta = model_from_checkpoint(args.ckpt)
+    ms_util.setup(args.device_target)
+    ckpt = args.ckpt or run_checkpoint(args.out_dir)
+    net, config, meta = model_from_checkpoint(ckpt)
     if args.serving and config.model not in TOWER_MODELS:
         raise util.UsageError(f"--serving: {config.model} needs the user and the item together, so it cannot cache "
                               f"item vectors; export it without --serving (the tower models "
@@ -248,7 +241,8 @@ def main(argv=None):
     data = load_matching_dataset(meta, config, args) if args.verify or args.serving else None
 
     extension = EXTENSIONS[args.file_format]
-    name = args.file_name[:-len(extension)] if args.file_name.endswith(extension) else args.file_name
+    name = args.file_name or os.path.splitext(ckpt)[0]
+    name = name[:-len(extension)] if name.endswith(extension) else name
     files = {"model": name + extension}
     batch = args.batch_size or None
     write_model(inference_copy(net, meta["schema"], config), feature_inputs(input_names(config), meta["schema"], batch),
@@ -257,7 +251,7 @@ def main(argv=None):
     if args.serving:
         files.update(write_serving_models(net, config, meta, name))
         files["item_index"] = f"{name}_item_index.npz"
-        item_heads = item_heads_of(MethodCell(net, "item_heads"), data.items, item_input_names(config), args.quiet)
+        item_heads = item_heads_of(MethodCell(net, "item_heads"), data.items, item_input_names(config))
         write_item_index(files["item_index"], item_heads, data.items, net.bias.asnumpy())
 
     if not args.verify:

@@ -47,18 +47,28 @@ class Config:
     # Activation on the user FE projections: the published MindSpore code applies a ReLU (its item
     # projection is linear); the PyTorch code has none. README, Faithfulness, has both measured.
     user_fe_activation: str = "relu"
-    # loss = BCE + cir_weight * CIR; the published MindSpore code defines CIR but never adds it (= 0)
+    # loss = BCE + cir_weight * CIR. Neither published code trains a CIR term: the MindSpore code
+    # defines a ContrastLoss but never adds it, and the authors' PyTorch code at its head computes
+    # its contrastive term and leaves it out of the loss (README, Faithfulness): cir_weight 0 is
+    # their training, 1 this project's reading of the paper.
     cir_weight: float = 1.0
-    # the published code's InfoNCE temperature
+    # The InfoNCE temperature is this project's choice: 0.07 is the usual InfoNCE value, and the one
+    # of the InfoNCE the PyTorch repository held for five minutes (commit 65be655, removed by
+    # a234d89). The unused MindSpore ContrastLoss has tau 1; the PyTorch loss of the paper's time
+    # (a penalty on the cosine of negative pairs) tau 0.001.
     cir_temperature: float = 0.07
     l2_embedding: float = 0.0
     # Initialisation of the FE-Block projections. MaxSim sums 12 user heads x (max over 4 item
-    # heads) of 64-d dot products, unscaled. Std of the initial logits of the full ML-1M-shaped
-    # model in train mode: MindSpore's default Dense initialiser (HeUniform) 5.4, which saturates
-    # the sigmoid for a large share of rows; `normal` (Normal(sigma=0.01), the initialiser the
-    # published code names) 0.30; Normal(0.1) 25.6. So the projections use Normal(fe_init_std);
-    # the towers' Dense layers keep the default, as a BatchNorm follows each of them.
+    # heads) of 64-d dot products, unscaled: with MindSpore's default Dense initialiser the initial
+    # logits saturate the sigmoid for many rows (README, Faithfulness), with Normal(0.01), what the
+    # published code names, they do not. The towers' Dense layers keep the default, as a BatchNorm
+    # follows each of them.
     fe_init_std: float = 0.01
+    # "default" (above), or as a published code starts its network (networks.published_init):
+    # "mindspore" (MindSpore 1.8, which that code pins: every Dense Normal(0.01) weights and zero
+    # biases) or "pytorch" (embeddings and tower layer weights Normal(1e-4), the rest PyTorch's
+    # default uniform fan-in initialisation)
+    init: str = "default"
 
     # baselines (baselines.py). Where the authors' PyTorch code has a value it is used, else the
     # model's own paper's.
@@ -151,6 +161,10 @@ def add_config_args(parser: argparse.ArgumentParser, data_only: bool = False) ->
     g.add_argument("--cir-weight", type=float, help=f"weight of the CIR loss, 0 disables it (default {d.cir_weight})")
     g.add_argument("--cir-temperature", type=positive(float), help=f"CIR temperature tau (default {d.cir_temperature})")
     g.add_argument("--l2-embedding", type=float, help=f"L2 penalty on embeddings (default {d.l2_embedding})")
+    g.add_argument("--init", choices=["default", "mindspore", "pytorch"],
+                   help="initialisation: default, or as the published MindSpore code (under MindSpore 1.8: every "
+                        "Dense Normal(0.01), zero biases) or the authors' PyTorch code (embeddings and tower "
+                        "weights Normal(1e-4)) starts")
     g = parser.add_argument_group("baselines")
     g.add_argument("--dssm-gamma", type=positive(float),
                    help=f"dssm, dat: cosine scale gamma (default {d.dssm_gamma})")

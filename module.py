@@ -1,11 +1,20 @@
-"""The three IntTower building blocks as MindSpore Cells: Light-SE, the FE-Block scorer and the
-CIR contrastive loss (Li et al., CIKM 2022); and the pieces they stand on: a BatchNorm written for
-CPU speed (with its inference form folded into a Dense), and the all-gather CIR needs when
-training data parallel."""
+"""The building blocks every model is made of, as MindSpore Cells.
+
+- CPU-fast primitives: a BatchNorm written with elementwise ops (and its inference form folded into
+  a Dense), field means and L2 normalisation by hand (README, Speed says why).
+- Shared layers: the field embeddings of features.py, an MLP, the two-tower models' Tower, the
+  binary cross-entropy loss with optional L2 on the embedding tables.
+- IntTower's three blocks (Li et al., CIKM 2022): Light-SE, the FE-Block scorer (MaxSim) and the CIR
+  contrastive loss, with the all-gather CIR needs when training data parallel.
+"""
+import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.communication import get_group_size, get_rank
 
+
+# ---------------------------------------------------------------------------------------------
+# CPU-fast primitives
 
 class BatchNorm(nn.Cell):
     """BatchNorm over the batch axis of [B, C], the same computation as nn.BatchNorm1d (biased batch
@@ -70,6 +79,150 @@ def mean_over_last(x):
     return ops.matmul(x.reshape(-1, dim), ops.full((dim, 1), 1.0 / dim, dtype=x.dtype)).reshape(-1, fields)
 
 
+def l2_normalize(x, eps=1e-12):
+    # By hand: ops.L2Normalize's backward is very slow on CPU (README, Speed).
+    return x / ops.sqrt((x * x).sum(axis=-1, keepdims=True) + eps)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared layers
+
+def embedding_tables(net):
+    """Every embedding table of `net`: what l2_embedding penalises."""
+    return ms.ParameterTuple(p for p in net.trainable_params() if "embedding_table" in p.name)
+
+
+def bce_with_l2(logits, labels, tables, l2_weight):
+    """Mean binary cross-entropy of the logits, + l2_weight x the squared embedding tables."""
+    loss = ops.binary_cross_entropy_with_logits(logits, labels)
+    if l2_weight > 0:
+        for table in tables:
+            loss = loss + l2_weight * (table * table).sum()
+    return loss
+
+
+def dense_layers(in_dim, sizes, keep_rate, batch_norm):
+    """An MLP as one SequentialCell per layer: Dense -> BatchNorm (if batch_norm) -> ReLU -> Dropout."""
+    layers = []
+    for size in sizes:
+        norm = (BatchNorm(size),) if batch_norm else ()
+        layers.append(nn.SequentialCell(nn.Dense(in_dim, size), *norm, nn.ReLU(), nn.Dropout(p=1.0 - keep_rate)))
+        in_dim = size
+    return layers
+
+
+class FieldEmbeddings(nn.Cell):
+    """Every field of `features` (features.py entries, in input order) embedded: one embedding per
+    sparse field and the mean of the multi-valued field's embeddings (if any), stacked as
+    [B, fields, dim]; and the dense values stacked as [B, dense]. Vocabulary sizes come from the
+    schema. Inputs: the features' tensors, in their order (sparse, multi-valued, then dense)."""
+
+    def __init__(self, features, schema, dim):
+        super().__init__()
+        vocab = schema["vocab"]
+        self.embeddings = nn.CellList([nn.Embedding(vocab[f.name], dim) for f in features if f.kind == "sparse"])
+        self.sparse_num = len(self.embeddings)
+        multi = [f for f in features if f.kind == "multi"]
+        self.has_multi = bool(multi)
+        if self.has_multi:
+            self.multi_embedding = nn.Embedding(vocab[multi[0].name], dim)
+        self.field_num = self.sparse_num + int(self.has_multi)
+        self.dense_num = len(features) - self.field_num
+
+    def pooled_multi(self, ids):
+        """Mean of the embeddings of the non-padding ids (0 = padding)."""
+        mask = (ids > 0).astype(ms.float32)
+        # the masked sum as a [1, S] x [S, D] matmul per row: ReduceSum over the slot axis was 8x slower
+        summed = ops.bmm(mask.expand_dims(1), self.multi_embedding(ids)).squeeze(1)
+        return summed / ops.maximum(mask.sum(axis=-1, keepdims=True), 1.0)
+
+    def construct(self, *features):
+        fields = ()
+        for embedding, ids in zip(self.embeddings, features[:self.sparse_num]):
+            fields = fields + (embedding(ids),)
+        if self.has_multi:
+            fields = fields + (self.pooled_multi(features[self.sparse_num]),)
+        return ops.stack(fields, axis=1), ops.stack(features[self.field_num:], axis=1)
+
+
+class Tower(FieldEmbeddings):
+    """Field embeddings -> Light-SE -> BatchNorm on the input -> (Dense, BatchNorm, ReLU, Dropout) per
+    layer. Returns the first layer's input and every layer's output (x0, h1, ..., hL): FE-Block
+    reads the outputs, or with fe_source="inputs" the inputs (x0, ..., h(L-1)).
+    Inputs: the tower's features (features.tower_features). `extra_inputs` widens the first layer
+    for vectors appended to the embedded features (outputs_with_extra: DAT's augmented vectors). A Tower is its FieldEmbeddings rather than holding
+    one, so its parameter names (embeddings.0.embedding_table, ...) stay those that checkpoints and
+    the PyTorch peer use."""
+
+    def __init__(self, features, schema, config, lightse=True, extra_inputs=0):
+        super().__init__(features, schema, config.sparse_embedding_dim)
+        self.lightse = LightSE(self.field_num) if lightse else nn.Identity()
+        in_dim = self.field_num * config.sparse_embedding_dim + self.dense_num + extra_inputs
+        self.input_norm = BatchNorm(in_dim) if config.input_norm else None
+        # the normalised input x0 is only needed explicitly when the FE-Block projects it
+        self.keep_input = config.fe_source == "inputs"
+        self.folded = False
+        self.layers = nn.CellList(dense_layers(in_dim, config.mlp_layers, config.keep_rate, batch_norm=True))
+
+    def tower_input(self, *features):
+        """The features -> the first layer's input: Light-SE'd field embeddings, flattened, then the
+        dense values."""
+        fields, dense = super().construct(*features)
+        fields = self.lightse(fields)
+        return ops.concat((fields.reshape(fields.shape[0], -1), dense), axis=1)
+
+    def layer_outputs(self, x):
+        """The first layer's input -> (x0, h1, ..., hL)."""
+        if self.training:
+            if self.input_norm is not None:
+                x = self.input_norm(x)
+            outputs = (x,)
+            for layer in self.layers:
+                x = layer(x)
+                outputs = outputs + (x,)
+            return outputs
+        # Inference: the BatchNorms folded into the Dense layers, so a layer is one matmul + bias +
+        # ReLU (Dropout is the identity): the same function, faster (README, Speed). Folded once
+        # for good by fold_batchnorm (export), else on every call.
+        input_norm = self.input_norm
+        if self.keep_input and input_norm is not None:  # the FE-Block projects the normalised input
+            x = input_norm(x)
+            input_norm = None
+        outputs = (x,)
+        for layer in self.layers:
+            if self.folded:
+                x = ops.relu(layer[0](x))
+            else:
+                weight, bias = folded_dense(layer[0], layer[1], input_norm)
+                x = ops.relu(ops.bias_add(matmul_transposed(x, weight), bias))
+            input_norm = None
+            outputs = outputs + (x,)
+        return outputs
+
+    def fold_batchnorm(self):
+        """Fold every BatchNorm into its Dense once, in place, for export: for one user the per-call
+        folding costs more than the layers themselves (README, Speed). From then on the tower
+        computes its inference-mode function only."""
+        input_norm = None if self.keep_input else self.input_norm
+        for layer in self.layers:
+            weight, bias = folded_dense(layer[0], layer[1], input_norm)
+            layer[0].weight.set_data(weight)
+            layer[0].bias.set_data(bias)
+            input_norm = None
+        self.folded = True
+
+    def construct(self, *features):
+        return self.layer_outputs(self.tower_input(*features))
+
+    def outputs_with_extra(self, extra, *features):
+        """(x0, h1, ..., hL) with `extra` [B, extra_inputs] appended to the first layer's input."""
+        return self.layer_outputs(ops.concat((self.tower_input(*features), extra), axis=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# IntTower's blocks
+
 class LightSE(nn.Cell):
     """Light-SE field attention: Z = mean of each field's embedding, A = softmax(Dense(Z)) over
     fields, out = E + E * A. embeddings: [B, fields, dim] -> [B, fields, dim]."""
@@ -99,18 +252,13 @@ def maxsim_candidates(user_heads, item_heads):
     Written for the CPU (README, Speed): one [N*V, d] x [d, U] matmul on the untransposed user
     heads; the max over item heads as an elementwise maximum of V column blocks of the [N, V*U]
     similarities, and the sum over user heads as a matmul: reductions over a middle or a short
-    axis were several times slower (3.5 against 1.4 ms for 10,000 candidates, dynamic N)."""
+    axis were several times slower."""
     user_num, head_num, dim = user_heads.shape[0], item_heads.shape[1], item_heads.shape[2]
     similarity = matmul_transposed(item_heads.reshape(-1, dim), user_heads).reshape(-1, head_num * user_num)
     best = similarity[:, :user_num]
     for head in range(1, head_num):
         best = ops.maximum(best, similarity[:, head * user_num:(head + 1) * user_num])
     return ops.matmul(best, ops.ones((user_num, 1), best.dtype)).squeeze(1)
-
-
-def l2_normalize(x, eps=1e-12):
-    # By hand: ops.L2Normalize's CPU backward is ~500x slower (MINDSPORE_NOTES.md).
-    return x / ops.sqrt((x * x).sum(axis=-1, keepdims=True) + eps)
 
 
 class AllGather(nn.Cell):
@@ -140,9 +288,9 @@ class CIRLoss(nn.Cell):
 
     Shapes stay static in graph mode: the softmax denominator is exp(logits) @ labels, which keeps
     only positive rows' items, and only positive rows enter the mean. Since |logit| <= 1/tau, exp
-    cannot overflow for tau >= model_config.MIN_CIR_TEMPERATURE, so no max-subtraction is needed.
-    Measured in the full train step at batch 2048 (same process, alternating): 23.5k samples/s,
-    against 18.8k for a masked logsumexp. A batch without positive rows contributes 0.
+    cannot overflow for tau >= model_config.MIN_CIR_TEMPERATURE, so no max-subtraction is needed
+    (a masked logsumexp made the train step slower: README, Speed). A batch without positive rows
+    contributes 0.
 
     Data parallel (under msrun), the batch is the global one: a worker's positive users are
     scored against every worker's items (gathered), and its share of the global mean is scaled

@@ -1,12 +1,9 @@
-"""Shared helpers: the bad-input error and CLI wrapper, metrics, seeding, atomic checkpoint and
-JSON I/O, batching and logging.
-
-mindspore and scikit-learn are imported inside the functions that use them: get_dataset.py needs
-only the light helpers here and starts ~1 s faster without them.
+"""Helpers without MindSpore: the bad-input error and the CLI wrapper, messages and progress bars
+(silent under --quiet), Ctrl-C as an event, atomic file writes, metrics and batching.
+(ms_util.py holds the helpers that need MindSpore.)
 """
 import json
 import os
-import random
 import signal
 import sys
 import tempfile
@@ -15,7 +12,8 @@ import threading
 import numpy as np
 from tqdm import tqdm
 
-PROJECT_VERSION = "0.1.0"
+# --quiet (or a worker other than the main one under msrun) silences messages and bars
+quiet = False
 
 
 class UsageError(Exception):
@@ -44,7 +42,7 @@ def ctrl_c_event() -> threading.Event:
     def watch():
         signal.sigwait({signal.SIGINT})
         requested.set()
-        log("Ctrl-C: stopping after this step (press again to quit at once)")
+        log("Ctrl-C: stopping after this step (press again to quit at once)", always=True)
         signal.sigwait({signal.SIGINT})
         os._exit(130)
 
@@ -52,12 +50,20 @@ def ctrl_c_event() -> threading.Event:
     return requested
 
 
-def log(message: str) -> None:
-    """Progress and provenance lines go to stderr, so stdout carries only results."""
-    print(message, file=sys.stderr, flush=True)
+def set_quiet(flag: bool) -> None:
+    global quiet
+    quiet = bool(flag)
 
 
-def progress(iterable, quiet: bool, **kwargs):
+def log(message: str, always: bool = False) -> None:
+    """Progress and provenance lines go to stderr, so stdout carries only results; none under --quiet
+    unless `always` (what a user must hear whatever they asked: that a run was interrupted)."""
+    if always or not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm bar on stderr; none under --quiet."""
     return tqdm(iterable, disable=quiet, file=sys.stderr, dynamic_ncols=True, **kwargs)
 
 
@@ -89,16 +95,9 @@ def write_json(path: str, obj) -> None:
 
 def global_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict:
     """AUC and logloss over the whole split at once (the published code averaged per batch)."""
-    from sklearn.metrics import log_loss, roc_auc_score
+    from sklearn.metrics import log_loss, roc_auc_score  # here: the data commands start faster without it
     return {"auc": float(roc_auc_score(labels, predictions)),
             "logloss": float(log_loss(labels, predictions.astype(np.float64), labels=[0, 1]))}
-
-
-def set_seed(seed: int) -> None:
-    import mindspore as ms
-    random.seed(seed)
-    np.random.seed(seed)
-    ms.set_seed(seed)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -113,67 +112,3 @@ def batch_slices(n: int, batch_size: int, drop_last: bool):
     is smaller than one batch."""
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     return [(start, min(start + batch_size, n)) for start in range(0, stop, batch_size)]
-
-
-def save_checkpoint(path: str, cells, meta: dict) -> None:
-    """Every parameter of `cells` (a network, and its optimizer for a resumable checkpoint) plus
-    `meta` (config, schema, progress) as JSON, written to a temporary name and renamed."""
-    import mindspore as ms
-    params = {}
-    for cell in cells:
-        for param in cell.get_parameters():
-            params.setdefault(param.name, param)
-    payload = [{"name": name, "data": param} for name, param in params.items()]
-    meta = dict(meta, project_version=PROJECT_VERSION, mindspore_version=ms.__version__)
-    atomic_write(path, lambda tmp: ms.save_checkpoint(payload, tmp, append_dict={"meta_json": json.dumps(meta)}))
-
-
-def load_checkpoint(path: str):
-    """-> (parameter dict, meta). A missing or unreadable file is a UsageError."""
-    import mindspore as ms
-    if not os.path.isfile(path):
-        raise UsageError(f"checkpoint {path} does not exist: train one with `python train.py` "
-                         "or pass --ckpt PATH")
-    try:
-        params = ms.load_checkpoint(path)
-        meta = json.loads(params.pop("meta_json"))
-    except Exception as err:
-        raise UsageError(f"{path} is not a checkpoint written by this project's train.py ({err})") from None
-    return params, meta
-
-
-def load_parameters(cell, params: dict, path: str) -> None:
-    """Load `params` into `cell` after checking every name and shape first (MindSpore's loader
-    overwrites part of a network before it notices a mismatch)."""
-    import mindspore as ms
-    expected = {p.name: tuple(p.shape) for p in cell.get_parameters()}
-    missing = sorted(set(expected) - set(params))
-    wrong = sorted(name for name in expected if name in params and tuple(params[name].shape) != expected[name])
-    if missing or wrong:
-        detail = (f"missing {missing[:3]}" if missing else "") + (f" wrong shape {wrong[:3]}" if wrong else "")
-        raise UsageError(f"checkpoint {path} does not fit this network ({detail.strip()}): it was written by "
-                         "another version of the code or for other data; retrain with `python train.py`")
-    ms.load_param_into_net(cell, {name: params[name] for name in expected}, strict_load=True)
-
-
-EVAL_BATCH_SIZE = 8192
-
-
-def to_tensors(split: dict, names, start: int = 0, stop: int = None):
-    import mindspore as ms
-    return tuple(ms.Tensor(split[name][start:stop]) for name in names)
-
-
-def predict(net, split: dict, names, quiet: bool = True) -> np.ndarray:
-    """Click probabilities for every row of a split, in inference mode, in large batches. The
-    last batch wraps around to the split's first rows to keep its size: one compiled graph
-    serves every batch of every split."""
-    import mindspore as ms
-    net.set_train(False)
-    n = len(split["label"])
-    batch_size = min(EVAL_BATCH_SIZE, n)
-    out = []
-    for start in progress(range(0, n, batch_size), quiet, desc="predict", leave=False):
-        rows = np.arange(start, start + batch_size) % n
-        out.append(net(*(ms.Tensor(split[name][rows]) for name in names)).asnumpy())
-    return np.concatenate(out)[:n]

@@ -34,11 +34,13 @@ from mindspore import Tensor, nn  # noqa: E402
 
 import export  # noqa: E402
 import train  # noqa: E402
+import ms_util  # noqa: E402
 import util  # noqa: E402
 from baselines import CrossLayer, FMInteraction, InteractingLayer  # noqa: E402
-from bench_prerank import ML1M_SCHEMA, latency, random_features  # noqa: E402
+from bench_prerank import latency, ml1m_shaped_schema, random_features  # noqa: E402
 from bench_train import time_steps  # noqa: E402
-from model import MethodCell, input_names, item_input_names, user_input_names  # noqa: E402
+from model import MethodCell  # noqa: E402
+from features import input_names, item_input_names, user_input_names  # noqa: E402
 from model_config import Config  # noqa: E402
 from networks import TOWER_MODELS  # noqa: E402
 
@@ -104,57 +106,57 @@ def embedding_size(net):
 # ---------------------------------------------------------------------------------------------
 # Measurements
 
-def train_samples_per_s(step, config, rng, steps):
+def train_samples_per_s(step, config, schema, rng, steps):
     """train.py's compiled train step on random valid batches of config.batch_size (warm-up first)."""
     names = input_names(config)
     batches = []
     for _ in range(TRAIN_BATCHES):
-        features = random_features(names, ML1M_SCHEMA, config.batch_size, rng)
+        features = random_features(names, schema, config.batch_size, rng)
         labels = (rng.random(config.batch_size) < 0.57).astype(np.float32)  # ML-1M's positive rate
-        batches.append((Tensor(labels), *util.to_tensors(features, names)))
+        batches.append((Tensor(labels), *ms_util.to_tensors(features, names)))
     step.set_train(True)
     return time_steps(step, batches, steps)
 
 
-def request_functions(net, config, user, candidates, sizes, tmp):
+def request_functions(net, config, schema, user, candidates, sizes, tmp):
     """{N: a function running one request of one user against the first N candidates, returning its
     probabilities}, through exported MindIR files, in the form the model allows."""
-    meta = {"schema": ML1M_SCHEMA, "config": dataclasses.asdict(config)}
+    meta = {"schema": schema, "config": dataclasses.asdict(config)}
     user_names, item_names = user_input_names(config), item_input_names(config)
     if config.model in TOWER_MODELS:
-        cache = export.item_heads_of(MethodCell(net, "item_heads"), candidates, item_names, quiet=True)
+        cache = export.item_heads_of(MethodCell(net, "item_heads"), candidates, item_names)
         files = export.write_serving_models(net, config, meta, os.path.join(tmp, config.model))
         user_tower, scorer = (nn.GraphCell(ms.load(files[part])) for part in ("user_tower", "scorer"))
-        user_tensors = util.to_tensors(user, user_names)
+        user_tensors = ms_util.to_tensors(user, user_names)
 
         def tower_request(cached):
             return lambda: scorer(user_tower(*user_tensors)[0], cached).asnumpy()
         return {n: tower_request(Tensor(cache[:n])) for n in sizes}
     path = os.path.join(tmp, config.model + ".mindir")
-    export.write_model(net, export.feature_inputs(input_names(config), ML1M_SCHEMA, None),
+    export.write_model(net, export.feature_inputs(input_names(config), schema, None),
                        [dict(export.PROBABILITY, shape=[None])], meta["config"], path, "MINDIR")
     full = nn.GraphCell(ms.load(path))
 
     def full_request(n):
-        pairs = tuple(Tensor(np.repeat(user[name], n, axis=0)) for name in user_names) + util.to_tensors(
+        pairs = tuple(Tensor(np.repeat(user[name], n, axis=0)) for name in user_names) + ms_util.to_tensors(
             candidates, item_names, 0, n)
         return lambda: full(*pairs).asnumpy()
     return {n: full_request(n) for n in sizes}
 
 
-def measure(name, args, rng):
+def measure(name, args, schema, rng):
     config = Config(model=name)
-    net, _, step = train.build(ML1M_SCHEMA, config, seed=0)
-    samples_per_s = train_samples_per_s(step, config, rng, steps=3 if args.quick else 30)
+    net, _, step = train.build(schema, config, seed=0)
+    samples_per_s = train_samples_per_s(step, config, schema, rng, steps=3 if args.quick else 30)
     net.set_train(False)
-    user = random_features(user_input_names(config), ML1M_SCHEMA, 1, rng)
-    candidates = random_features(item_input_names(config), ML1M_SCHEMA, max(args.sizes), rng)
+    user = random_features(user_input_names(config), schema, 1, rng)
+    candidates = random_features(item_input_names(config), schema, max(args.sizes), rng)
     pair_macs = forward_macs(net, getattr(net, "field_num", 0))
     candidate_macs = pair_macs
     if name in TOWER_MODELS:
         first = {key: values[:1] for key, values in candidates.items()}
-        heads = (MethodCell(net, "user_heads")(*util.to_tensors(user, user_input_names(config))),
-                 MethodCell(net, "item_heads")(*util.to_tensors(first, item_input_names(config))))
+        heads = (MethodCell(net, "user_heads")(*ms_util.to_tensors(user, user_input_names(config))),
+                 MethodCell(net, "item_heads")(*ms_util.to_tensors(first, item_input_names(config))))
         candidate_macs = scoring_macs(*heads)
         pair_macs += candidate_macs
     row = {"model": name, "serving": "user tower + cached item heads" if name in TOWER_MODELS
@@ -164,11 +166,11 @@ def measure(name, args, rng):
            "forward_flops_per_pair": 2 * pair_macs, "serving_flops_per_candidate": 2 * candidate_macs,
            "train_samples_per_s": samples_per_s, "latency_ms": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        requests = request_functions(net, config, user, candidates, args.sizes, tmp)
+        requests = request_functions(net, config, schema, user, candidates, args.sizes, tmp)
         for n, request in requests.items():
             # the exported path must compute what the network computes
             expected = net(*(Tensor(np.repeat(user[key], n, axis=0)) for key in user_input_names(config)),
-                           *util.to_tensors(candidates, item_input_names(config), 0, n)).asnumpy()
+                           *ms_util.to_tensors(candidates, item_input_names(config), 0, n)).asnumpy()
             agreement = float(np.abs(request() - expected).max())
             repeats = 10 if args.quick else 200
             if name not in TOWER_MODELS:  # about a million rows per size at most
@@ -267,9 +269,10 @@ def main(argv=None):
         return 0
     ms.set_context(mode=ms.GRAPH_MODE)
     rng = np.random.default_rng(0)
+    schema = ml1m_shaped_schema()
     report = {"cpu": cpu_name(), "mindspore_version": ms.__version__, "quick": args.quick,
               "batch_size": Config().batch_size, "load_average": os.getloadavg()[0],
-              "date": time.strftime("%Y-%m-%d"), "rows": [measure(name, args, rng) for name in args.models]}
+              "date": time.strftime("%Y-%m-%d"), "rows": [measure(name, args, schema, rng) for name in args.models]}
     print_table(report)
     util.write_json(args.json, report)
     util.log(f"wrote {args.json}")

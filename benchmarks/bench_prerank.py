@@ -8,7 +8,7 @@ Each request is timed end to end (inputs already in memory); p50 and p99 over re
 
 python benchmarks/bench_prerank.py [--ckpt output/IntTower.ckpt] [--sizes 1000 10000 100000]
 Without --ckpt it times the published network (towers 300-300-128, FE 4 heads x 64) with
-untrained weights on ML-1M vocabularies: latency does not depend on the weights. Prints a markdown
+untrained weights on ML-1M-shaped vocabularies (the synthetic set's): latency does not depend on the weights. Prints a markdown
 table; not a test.
 """
 import argparse
@@ -25,14 +25,19 @@ import numpy as np  # noqa: E402
 from mindspore import Tensor, nn  # noqa: E402
 
 import export  # noqa: E402
+import get_dataset  # noqa: E402
+import ms_util  # noqa: E402
 import util  # noqa: E402
-from model import IntTower, MethodCell, input_names, item_input_names, user_input_names  # noqa: E402
+from model import IntTower, MethodCell  # noqa: E402
+from features import input_names, item_input_names, user_input_names  # noqa: E402
 from model_config import Config  # noqa: E402
 from networks import model_from_checkpoint  # noqa: E402
 
-# MovieLens-1M vocabularies (ids + 1 for the unknown id 0) and its longest genre list
-ML1M_SCHEMA = {"vocab": {"user_id": 6041, "gender": 3, "age": 8, "occupation": 22, "movie_id": 3707, "genres": 19},
-               "max_genres": 6, "dense_range": {"user_mean_rating": [0.0, 1.0], "item_mean_rating": [0.0, 1.0]}}
+
+
+def ml1m_shaped_schema(data_root="data"):
+    """The feature schema of the synthetic set, which has ML-1M's vocabularies and genre lists."""
+    return get_dataset.load_dataset(Config(dataset="synthetic"), data_root).schema
 
 
 def parse_args(argv=None):
@@ -89,15 +94,15 @@ def main(argv=None):
         net, config, meta = model_from_checkpoint(args.ckpt)
         schema = meta["schema"]
     else:
-        util.set_seed(0)
-        config, schema = Config(), ML1M_SCHEMA
+        ms_util.set_seed(0)
+        config, schema = Config(), ml1m_shaped_schema()
         net = IntTower(schema, config)
         net.set_train(False)
     rng = np.random.default_rng(0)
     user_names, item_names = user_input_names(config), item_input_names(config)
     user = random_features(user_names, schema, 1, rng)
     candidates = random_features(item_names, schema, max(args.sizes), rng)
-    cache = export.item_heads_of(MethodCell(net, "item_heads"), candidates, item_names, quiet=True)
+    cache = export.item_heads_of(MethodCell(net, "item_heads"), candidates, item_names)
     heads_per_item, head_dim = cache.shape[1:]
     bias = float(net.bias.asnumpy()[0])
 
@@ -109,13 +114,13 @@ def main(argv=None):
                            [dict(export.PROBABILITY, shape=[None])], meta["config"], files["full"], "MINDIR")
         full, user_tower, scorer = (nn.GraphCell(ms.load(files[part])) for part in ("full", "user_tower", "scorer"))
 
-    user_tensors = util.to_tensors(user, user_names)
+    user_tensors = ms_util.to_tensors(user, user_names)
     util.log(f"network: {'checkpoint ' + args.ckpt if args.ckpt else 'published config, untrained'}; "
              f"user heads {tuple(user_tower(*user_tensors).shape[1:])}, item heads {(heads_per_item, head_dim)}; "
              f"load average before timing {os.getloadavg()[0]:.2f}")
     rows = []
     for n in args.sizes:
-        full_inputs = tuple(Tensor(np.repeat(user[name], n, axis=0)) for name in user_names) + util.to_tensors(
+        full_inputs = tuple(Tensor(np.repeat(user[name], n, axis=0)) for name in user_names) + ms_util.to_tensors(
             candidates, item_names, 0, n)
         cache_tensor = Tensor(cache[:n])
         cache_by_head = np.ascontiguousarray(cache[:n].transpose(1, 0, 2))  # as a loaded index holds it

@@ -26,8 +26,9 @@ import mindspore as ms  # noqa: E402
 from mindspore import nn  # noqa: E402
 
 import get_dataset  # noqa: E402
-import util  # noqa: E402
-from model import IntTower, input_names  # noqa: E402
+import ms_util  # noqa: E402
+from features import input_names  # noqa: E402
+from model import IntTower  # noqa: E402
 from model_config import Config  # noqa: E402
 from train import build  # noqa: E402
 
@@ -77,7 +78,7 @@ def main():
     args = parser.parse_args()
 
     config = Config(dataset="synthetic")
-    data = get_dataset.load_dataset(config, args.data_root, quiet=True)
+    data = get_dataset.load_dataset(config, args.data_root)
     names = input_names(config)
     metrics, peak_rss_mb = run_train_py(args.data_root, args.epochs)
 
@@ -85,13 +86,13 @@ def main():
     net, _, step = build(data.schema, config, config.seed)
     step.set_train(True)
     batch = config.batch_size
-    batches = [(ms.Tensor(data.train["label"][i:i + batch]), *util.to_tensors(data.train, names, i, i + batch))
+    batches = [(ms.Tensor(data.train["label"][i:i + batch]), *ms_util.to_tensors(data.train, names, i, i + batch))
                for i in range(0, 8 * batch, batch)]
     graph_step = time_steps(step, batches, args.steps)
 
-    util.predict(net, data.valid, names)  # compile the inference graph before timing it
+    ms_util.predict(net, data.valid, names)  # compile the inference graph before timing it
     start = time.perf_counter()
-    rows = sum(len(util.predict(net, split, names)) for split in (data.valid, data.test))
+    rows = sum(len(ms_util.predict(net, split, names)) for split in (data.valid, data.test))
     inference = rows / (time.perf_counter() - start)
 
     ms.set_context(mode=ms.PYNATIVE_MODE)

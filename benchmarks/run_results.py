@@ -1,13 +1,13 @@
 """Rerun the README's results tables: train.py + eval.py for every row, over several seeds.
 
-python benchmarks/run_results.py [--dataset ml-100k] [--groups protocols ablations ...] [--seeds 1 2 3]
-                                 [--runs-dir runs/ml-100k] [--json benchmarks/results_ml100k.json]
+python benchmarks/run_results.py [--dataset ml-1m] [--groups models protocols ...] [--seeds 1 2 3]
+                                 [--runs-dir runs/ml-1m] [--json benchmarks/results_ml1m.json]
 
 Each (row, seed) is `python train.py --dataset D --seed S --out-dir RUN FLAGS` then
-`python eval.py --ckpt RUN/IntTower.ckpt --published-metrics`, run as a user runs them. A run whose
-eval_metrics.json exists is reused, so an interrupted rerun continues where it stopped. Prints one
-markdown table per group (test AUC and logloss, mean +- std over the seeds) and writes every run
-to --json. With ML-1M in data/ml-1m/, `--dataset ml-1m` reruns the same tables on it.
+`python eval.py --out-dir RUN --published-metrics`, run as a user runs them. A run whose
+eval_metrics.json exists is reused, so an interrupted rerun continues where it stopped, and the
+JSON is rewritten after every run, so that no finished run is lost. Prints one markdown table per
+group (test AUC and logloss, mean +- std over the seeds, and the best epoch).
 """
 import argparse
 import json
@@ -20,10 +20,22 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STRICT = ["--protocol", "strict"]
-MODELS = ["dssm", "dat", "cold", "wdl", "deepfm", "dcn", "autoint"]
+# the paper's Table 2, pre-ranking models first (COLD among them), then the ranking models
+TABLE2 = ["two_tower", "dssm", "dat", "cold", "wdl", "deepfm", "dcn", "autoint", "inttower"]
+PUBLISHED_MINDSPORE = ["--no-train-mode", "--no-item-lightse", "--no-genres", "--cir-weight", "0", "--init", "mindspore"]
+AUTHORS_PYTORCH = ["--fe-source", "inputs", "--user-fe-activation", "none", "--head-num", "32", "--feblock-size",
+                   "2048", "--no-input-norm", "--keep-rate", "0.7", "--lr", "0.001", "--l2-embedding", "1e-5",
+                   "--cir-weight", "0", "--init", "pytorch"]
 
-# group -> [(row name, flags)]; the flags follow `--dataset D --seed S`
+
+def model_flags(model):
+    return ["--model", model] if model != "inttower" else []
+
+
+# group -> [(row name, flags)], most important first; the flags follow `--dataset D --seed S`
 GROUPS = {
+    "models": [(f"{model}, {protocol}", model_flags(model) + (STRICT if protocol == "strict" else []))
+               for protocol in ("paper", "strict") for model in TABLE2],
     "protocols": [
         ("IntTower, paper", []),
         ("Two-Tower, paper", ["--model", "two_tower"]),
@@ -39,10 +51,13 @@ GROUPS = {
         ("no CIR", STRICT + ["--cir-weight", "0"]),
         ("no genres", STRICT + ["--no-genres"]),
     ],
+    # each user's first N ratings by time; batches of 256 for these small training sets
+    "sparse": [(f"{name}, first {n} ratings per user", flags + STRICT + ["--first-ratings", str(n), "--batch-size", "256"])
+               for n in (10, 20) for name, flags in (("IntTower", []), ("Two-Tower", ["--model", "two_tower"]))],
     # the defaults (weight 1, temperature 0.07) are the plain strict run
     "cir": [(f"CIR weight {w}", STRICT + (["--cir-weight", w] if w != "1" else [])) for w in ("0", "0.1", "0.3", "1", "3")]
     + [(f"CIR temperature {t}", STRICT + (["--cir-temperature", t] if t != "0.07" else []))
-       for t in ("0.05", "0.07", "0.2")],
+       for t in ("0.05", "0.07", "0.2", "0.5")],
     "faithfulness": [
         ("IntTower, strict", STRICT),
         ("user FE projections linear", STRICT + ["--user-fe-activation", "none"]),
@@ -50,32 +65,27 @@ GROUPS = {
         ("Light-SE on the user tower only", STRICT + ["--no-item-lightse"]),
         ("no input BatchNorm", STRICT + ["--no-input-norm"]),
         ("trained in inference mode", STRICT + ["--no-train-mode"]),
-        ("the published MindSpore training", STRICT + ["--no-train-mode", "--no-item-lightse", "--no-genres",
-                                                       "--cir-weight", "0"]),
-        ("the authors' PyTorch settings", STRICT + ["--fe-source", "inputs", "--user-fe-activation", "none",
-                                                    "--head-num", "32", "--feblock-size", "2048", "--no-input-norm",
-                                                    "--keep-rate", "0.7", "--lr", "0.001", "--l2-embedding", "1e-5"]),
+        ("MindSpore 1.8 initialisation", STRICT + ["--init", "mindspore"]),
+        ("PyTorch initialisation", STRICT + ["--init", "pytorch"]),
+        ("the published MindSpore training", STRICT + PUBLISHED_MINDSPORE),
+        ("the authors' PyTorch settings", STRICT + AUTHORS_PYTORCH),
+        ("the published MindSpore training, paper protocol", PUBLISHED_MINDSPORE),
+        ("the authors' PyTorch settings, paper protocol", AUTHORS_PYTORCH),
     ],
-    # each user's first 10 ratings by time: about 4,500 training rows, so batches of 256
-    "sparse": [
-        ("IntTower, first 10 ratings per user", STRICT + ["--first-ratings", "10", "--batch-size", "256"]),
-        ("Two-Tower, first 10 ratings per user", ["--model", "two_tower"] + STRICT
-         + ["--first-ratings", "10", "--batch-size", "256"]),
-    ],
-    "models": [(f"{model}, {protocol}", (["--model", model] if model != "inttower" else [])
-                + (STRICT if protocol == "strict" else []))
-               for model in ["two_tower"] + MODELS + ["inttower"] for protocol in ("paper", "strict")],
 }
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="ml-100k", help="dataset of every run (default ml-100k)")
+    parser.add_argument("--dataset", default="ml-1m", help="dataset of every run (default ml-1m)")
     parser.add_argument("--data-root", default="data", help="default data/")
     parser.add_argument("--groups", nargs="+", choices=list(GROUPS), default=list(GROUPS), help="default: all")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="default 1 2 3")
     parser.add_argument("--runs-dir", help="where runs go (default runs/<dataset>)")
     parser.add_argument("--json", help="write every run here (default benchmarks/results_<dataset>.json)")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                        help="flags added to every train.py run (e.g. --epochs 50 --patience 3), and to the run "
+                             "folders' names")
     return parser.parse_args(argv)
 
 
@@ -86,20 +96,31 @@ def run_dir(runs_dir, flags, seed):
 
 
 def train_and_eval(args, flags, seed, out_dir):
-    """The run's eval_metrics.json, training and evaluating it unless it exists."""
+    """The run's (eval_metrics, train_metrics), training and evaluating it unless it was."""
     metrics_path = os.path.join(out_dir, "eval_metrics.json")
     if not os.path.isfile(metrics_path):
         common = ["--data-root", args.data_root, "--quiet"]
         for command in ([os.path.join(ROOT, "train.py"), "--dataset", args.dataset, "--seed", str(seed),
                          "--out-dir", out_dir, *flags, *common],
-                        [os.path.join(ROOT, "eval.py"), "--ckpt", os.path.join(out_dir, "IntTower.ckpt"),
-                         "--out-dir", out_dir, "--auc-log", os.path.join(out_dir, "auc.log"), "--published-metrics",
-                         *common]):
+                        [os.path.join(ROOT, "eval.py"), "--out-dir", out_dir, "--auc-log",
+                         os.path.join(out_dir, "auc.log"), "--published-metrics", *common]):
             result = subprocess.run([sys.executable, *command], capture_output=True, text=True)
             if result.returncode != 0:
                 raise SystemExit(f"failed: {' '.join(command)}\n{result.stderr[-3000:]}")
-    with open(metrics_path) as f:
-        return json.load(f)
+    with open(metrics_path) as f, open(os.path.join(out_dir, "train_metrics.json")) as g:
+        return json.load(f), json.load(g)
+
+
+def summary(name, flags, seed, evaluation, training):
+    """What the JSON keeps of one run."""
+    config, epochs = evaluation["config"], training["epochs"]
+    valid = [e["valid_auc"] for e in epochs]
+    return {"name": name, "model": config["model"], "protocol": config["protocol"], "split": config["split"],
+            "flags": flags, "seed": seed, "test_auc": evaluation["test_auc"],
+            "test_logloss": evaluation["test_logloss"], "published": evaluation.get("published", {}),
+            "best_epoch": training["best_epoch"], "epochs": len(epochs),
+            "train_seconds": sum(e["seconds"] + e.get("valid_seconds", 0) for e in epochs),
+            "valid_auc": valid}
 
 
 def mean_std(values):
@@ -110,34 +131,43 @@ def main(argv=None):
     args = parse_args(argv)
     runs_dir = args.runs_dir or os.path.join("runs", args.dataset)
     json_path = args.json or os.path.join(ROOT, "benchmarks", f"results_{args.dataset.replace('-', '')}.json")
-    runs, done = [], set()
+    previous = []
+    if os.path.isfile(json_path):  # runs of other groups or seeds stay in the file
+        with open(json_path) as f:
+            previous = json.load(f)["runs"]
+    runs = {(tuple(r["flags"]), r["seed"]): r for r in previous}
+
+    def write():
+        payload = {"dataset": args.dataset, "runs": list(runs.values())}
+        with open(json_path + ".tmp", "w") as f:
+            json.dump(payload, f, indent=1)
+            f.write("\n")
+        os.replace(json_path + ".tmp", json_path)
+
+    tables = []
     for group in args.groups:
         rows = []
         for name, flags in GROUPS[group]:
+            flags = flags + args.extra
             results = []
             for seed in args.seeds:
                 start = time.time()
-                metrics = train_and_eval(args, flags, seed, run_dir(runs_dir, flags, seed))
-                results.append(metrics)
-                print(f"{group} | {name} | seed {seed}: test_auc={metrics['test_auc']:.4f} "
+                evaluation, training = train_and_eval(args, flags, seed, run_dir(runs_dir, flags, seed))
+                runs[(tuple(flags), seed)] = summary(name, flags, seed, evaluation, training)
+                results.append(runs[(tuple(flags), seed)])
+                write()
+                print(f"{group} | {name} | seed {seed}: test_auc={evaluation['test_auc']:.4f} "
                       f"({time.time() - start:.0f} s)", file=sys.stderr, flush=True)
-                if (tuple(flags), seed) not in done:
-                    done.add((tuple(flags), seed))
-                    config = metrics["config"]
-                    runs.append({"name": name, "model": config["model"], "protocol": config["protocol"],
-                                 "split": config["split"], "flags": flags, "seed": seed,
-                                 "test_auc": metrics["test_auc"], "test_logloss": metrics["test_logloss"],
-                                 "published": metrics.get("published", {})})
             rows.append((name, flags, results))
+        tables.append((group, rows))
+    for group, rows in tables:
         print(f"\n### {group}\n")
-        print("| run | flags | test AUC | test logloss |")
-        print("| --- | --- | --- | --- |")
+        print("| run | flags | test AUC | test logloss | best epoch |")
+        print("| --- | --- | --- | --- | --- |")
         for name, flags, results in rows:
             print(f"| {name} | `{' '.join(flags)}` | {mean_std([r['test_auc'] for r in results])} | "
-                  f"{mean_std([r['test_logloss'] for r in results])} |")
-    with open(json_path, "w") as f:
-        json.dump({"dataset": args.dataset, "seeds": args.seeds, "runs": runs}, f, indent=1)
-        f.write("\n")
+                  f"{mean_std([r['test_logloss'] for r in results])} | "
+                  f"{', '.join(str(r['best_epoch']) for r in results)} |")
     print(f"\nwrote {json_path}", file=sys.stderr)
 
 

@@ -10,17 +10,23 @@ from mindspore import Tensor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from model import input_names, user_input_names  # noqa: E402
+from features import FEATURES, input_names, user_input_names  # noqa: E402
 from model_config import Config  # noqa: E402
-
-# ML-1M-shaped schema with small vocabularies (the shape get_dataset.py returns).
-TEST_SCHEMA = {"vocab": {"user_id": 50, "gender": 3, "age": 8, "occupation": 22, "movie_id": 40, "genres": 19},
-               "max_genres": 6}
+from raw_files import make_raw, write_ml1m  # noqa: E402
 
 
 @pytest.fixture
 def schema():
-    return {"vocab": dict(TEST_SCHEMA["vocab"]), "max_genres": TEST_SCHEMA["max_genres"]}
+    """The shape of the schema get_dataset.py returns, with small vocabularies (3 to 38 ids)."""
+    return {"vocab": {f.name: 3 + 5 * i for i, f in enumerate(FEATURES) if f.kind != "dense"}, "max_genres": 6,
+            "dense_range": {f.name: [0.0, 1.0] for f in FEATURES if f.kind == "dense"}}
+
+
+@pytest.fixture
+def ml1m_root(tmp_path):
+    """tmp_path holding the raw_files.py data in the GroupLens ML-1M layout."""
+    write_ml1m(tmp_path, make_raw())
+    return tmp_path
 
 
 def tiny_config(**overrides):
@@ -51,13 +57,14 @@ def random_features(schema, config, batch, seed=0):
     """One tensor per model input, in input_names(config) order."""
     rng = np.random.default_rng(seed)
     vocab = schema["vocab"]
+    kinds = {f.name: f.kind for f in FEATURES}
     features = []
     for name in input_names(config):
-        if name == "genres":
-            ids = rng.integers(1, vocab["genres"], size=(batch, schema["max_genres"]))
+        if kinds[name] == "multi":
+            ids = rng.integers(1, vocab[name], size=(batch, schema["max_genres"]))
             ids[rng.random(ids.shape) < 0.5] = 0   # padding anywhere, some rows fully padded
             features.append(Tensor(ids.astype(np.int32)))
-        elif name in vocab:
+        elif kinds[name] == "sparse":
             features.append(Tensor(rng.integers(0, vocab[name], size=batch).astype(np.int32)))
         else:
             features.append(Tensor(rng.random(batch).astype(np.float32)))

@@ -3,6 +3,7 @@ architecture implies, computes its paper's distinctive formula, and goes through
 and export.py like IntTower. (That every tower model serves as IntTower does, user heads + cached
 item heads, is test_model.py's serving test, run for each of them.)"""
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import mindspore as ms
@@ -250,8 +251,7 @@ def pipelines(tmp_path_factory):
     for tower models; and ONNX for ONNX_MODELS), two models at a time: {model: (workdir, {step: run})}.
     A pipeline stops at its first failing command."""
     data_root = tmp_path_factory.mktemp("data")
-    get_dataset.load_dataset(model_config.Config(dataset="synthetic", synthetic_scale=0.01), str(data_root),
-                             quiet=True)
+    get_dataset.load_dataset(model_config.Config(dataset="synthetic", synthetic_scale=0.01), str(data_root))
 
     def pipeline(model):
         workdir = tmp_path_factory.mktemp(model)
@@ -278,6 +278,8 @@ def test_every_baseline_trains_evaluates_and_exports_through_the_commands(pipeli
     for step, result in runs.items():
         assert result.returncode == 0, f"{step}: {result.stderr[-3000:]}"
     assert json.loads((workdir / "output" / "train_metrics.json").read_text())["config"]["model"] == model
+    name = MODELS[model].__name__  # every file is named after the model that wrote it
+    assert {f"{name}.ckpt", f"{name}-last.ckpt", f"{name}.mindir"} <= set(os.listdir(workdir / "output"))
     assert runs["eval"].stdout.startswith("test_auc=")
     verified = [line for name in ("export", "onnx") if name in runs for line in runs[name].stdout.splitlines()]
     assert len(verified) == (5 if model in TOWER_MODELS else 1) + (model in ONNX_MODELS)
@@ -286,7 +288,7 @@ def test_every_baseline_trains_evaluates_and_exports_through_the_commands(pipeli
 
 def test_serving_export_of_a_ranking_model_exits_2_and_writes_nothing(pipelines, tmp_path):
     workdir, _ = pipelines["cold"]
-    result = run("export.py", "--ckpt", workdir / "output" / "IntTower.ckpt", "--serving", "--file-name",
+    result = run("export.py", "--ckpt", workdir / "output" / "COLD.ckpt", "--serving", "--file-name",
                  tmp_path / "served", cwd=workdir, check=False)
     assert result.returncode == 2
     assert "needs the user and the item together" in result.stderr and "Traceback" not in result.stderr

@@ -22,7 +22,7 @@ import msrun_cir_worker  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("msrun") is None, reason="msrun is installed with mindspore")
 TINY = ["--dataset", "synthetic", "--synthetic-scale", "0.05", "--mlp-layers", "32", "16", "--feblock-size", "32",
-        "--batch-size", "512", "--quiet"]
+        "--batch-size", "512"]
 PORT_TAKEN = ("Repeated registration node", "Failed to init the tcp server")
 
 
@@ -84,7 +84,7 @@ def two_workers(tmp_path_factory):
     """A 2-worker msrun training run of 1 epoch, then resumed to 2: (work dir, data root, outputs)."""
     work = tmp_path_factory.mktemp("msrun")
     data_root = work / "data"
-    common = [*TINY, "--data-root", data_root, "--out-dir", work / "output"]
+    common = [*TINY, "--data-root", data_root, "--out-dir", work / "output"]  # not --quiet: the logs are read
     first = msrun(os.path.join(ROOT, "train.py"), *common, "--epochs", 1, cwd=work)
     resumed = msrun(os.path.join(ROOT, "train.py"), *common, "--epochs", 2, "--resume", cwd=work)
     return work, data_root, first, resumed

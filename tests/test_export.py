@@ -13,8 +13,9 @@ import pytest
 from mindspore import Tensor, nn
 
 import get_dataset
+import ms_util
 import util
-from model import input_names, item_input_names, user_input_names
+from features import input_names, item_input_names, user_input_names
 from networks import model_from_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +66,7 @@ def checkpoint(trained):
     previous = ms.get_context("mode")
     ms.set_context(mode=ms.GRAPH_MODE)
     net, config, meta = model_from_checkpoint(trained[0])
-    yield net, config, meta, get_dataset.load_dataset(config, trained[1], quiet=True)
+    yield net, config, meta, get_dataset.load_dataset(config, trained[1])
     ms.set_context(mode=previous)
 
 
@@ -197,6 +198,7 @@ def test_item_index_is_the_item_tower_output(mindir, checkpoint):
     with np.load(mindir[0] + "_item_index.npz") as index:
         np.testing.assert_array_equal(index["movie_id"], data.items["movie_id"])
         np.testing.assert_array_equal(index["raw_movie_id"], data.items["raw_movie_id"])
+        np.testing.assert_array_equal(index["title"], data.items["title"])
         np.testing.assert_array_equal(index["bias"], net.bias.asnumpy())
         item_features = tuple(data.items[name] for name in item_input_names(config))
         tower_heads = graph_fn(mindir[0] + "_item_tower.mindir")(*item_features)
@@ -219,10 +221,10 @@ def test_exporting_twice_gives_the_same_outputs(mindir, trained, tmp_path, check
 
 
 def altered_checkpoint(trained, path, change):
-    params, meta = util.load_checkpoint(trained[0])
+    params, meta = ms_util.load_checkpoint(trained[0])
     net, _, _ = model_from_checkpoint(trained[0])
     change(meta["schema"])
-    util.save_checkpoint(path, (net,), meta)
+    ms_util.save_checkpoint(path, (net,), meta)
     return path
 
 

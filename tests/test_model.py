@@ -8,7 +8,8 @@ from mindspore import Tensor, nn, ops
 
 from conftest import (all_finite, random_features, random_labels, randomize_parameters, softmax,
                       split_features, tiny_config)
-from model import IntTower, MethodCell, input_names
+from features import input_names
+from model import IntTower, MethodCell
 from module import BatchNorm, CIRLoss, LightSE, maxsim_candidates, maxsim_score, mean_over_last
 from networks import TOWER_MODELS, build_network, inference_copy
 
@@ -295,13 +296,39 @@ SWITCHES = {
     "no_genres": {"use_genres": False},
     "other_shape": {"mlp_layers": [12, 10, 6], "head_num": 2, "feblock_size": 8},
     "l2_embedding": {"l2_embedding": 1e-4},
+    "init_mindspore": {"init": "mindspore"},
+    "init_pytorch": {"init": "pytorch"},
 }
+
+
+def test_published_initialisations_start_every_layer_as_the_published_codes_do(schema):
+    """--init mindspore: MindSpore 1.8's Dense default, Normal(0.01) weights and zero biases, for
+    every Dense; --init pytorch: Normal(1e-4) embeddings and tower layer weights, the FE projections
+    at the framework's uniform fan-in default."""
+    config = tiny_config(mlp_layers=[256, 128], feblock_size=256)
+    published = {init: {p.name: p.asnumpy() for p in build_network(schema, tiny_config(
+        mlp_layers=[256, 128], feblock_size=256, init=init)).get_parameters()} for init in ("mindspore", "pytorch")}
+    dense = [name for name in published["mindspore"] if name.endswith(".weight") and "embedding" not in name]
+    assert any("user_fe" in name for name in dense) and any("layers" in name for name in dense)
+    for name in dense:
+        weight = published["mindspore"][name]
+        assert np.abs(weight).max() < 0.06, name  # within 6 standard deviations
+        assert weight.size < 1000 or (abs(weight.std() - 0.01) < 0.001 and abs(weight.mean()) < 0.001), name
+        np.testing.assert_array_equal(published["mindspore"][name[:-len("weight")] + "bias"], 0.0)
+    for name, value in published["pytorch"].items():
+        if "embedding_table" in name or (".layers." in name and name.endswith(".0.weight")):
+            assert abs(value.std() - 1e-4) < 3e-5 and np.abs(value).max() < 6e-4, name
+        elif name.startswith(("user_fe", "item_fe")) and name.endswith(".weight"):
+            bound = 1 / np.sqrt(value.shape[1])  # uniform fan-in (HeUniform with a = sqrt(5))
+            assert np.abs(value).max() <= bound and value.std() > bound / 3, name
+    default = {p.name: p.asnumpy() for p in build_network(schema, config).get_parameters()}
+    assert abs(default["user_fe.0.weight"].std() - config.fe_init_std) < 0.003
 
 
 @pytest.mark.parametrize("switch", SWITCHES.values(), ids=SWITCHES.keys())
 def test_every_switch_builds_and_takes_a_gradient_step(schema, switch):
     config = tiny_config(**switch)
-    net = IntTower(schema, config)
+    net = build_network(schema, config)
     features = random_features(schema, config, batch=16)
     assert len(features) == len(input_names(config))
 
@@ -326,7 +353,7 @@ def test_every_switch_builds_and_takes_a_gradient_step(schema, switch):
 def test_switches_change_the_heads_the_model_scores(schema):
     def head_shapes(**switch):
         config = tiny_config(**switch)
-        net = IntTower(schema, config)
+        net = build_network(schema, config)
         user_features, item_features = split_features(config, random_features(schema, config, batch=3))
         return net.user_heads(*user_features).shape, net.item_heads(*item_features).shape
 
@@ -386,7 +413,7 @@ def expected_parameter_counts(schema, config):
 @pytest.mark.parametrize("switch", SWITCHES.values(), ids=SWITCHES.keys())
 def test_parameter_count_matches_the_architecture(schema, switch):
     config = tiny_config(**switch)
-    net = IntTower(schema, config)
+    net = build_network(schema, config)
 
     trainable = sum(p.size for p in net.trainable_params())
     total = sum(p.size for p in net.get_parameters())

@@ -14,9 +14,10 @@ import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
 import get_dataset
+import ms_util
 import util
 from conftest import ROOT, run
-from model import input_names
+from features import input_names
 from model_config import Config
 from networks import model_from_checkpoint
 
@@ -28,7 +29,7 @@ TINY = ["--dataset", "synthetic", "--synthetic-scale", SCALE, "--mlp-layers", "3
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    get_dataset.load_dataset(Config(dataset="synthetic", synthetic_scale=float(SCALE)), str(root), quiet=True)
+    get_dataset.load_dataset(Config(dataset="synthetic", synthetic_scale=float(SCALE)), str(root))
     return root
 
 
@@ -41,7 +42,7 @@ def trained(tmp_path_factory, data_root):
 
 
 def checkpoint_arrays(path):
-    params, _ = util.load_checkpoint(str(path))
+    params, _ = ms_util.load_checkpoint(str(path))
     return {name: param.asnumpy() for name, param in params.items()}
 
 
@@ -69,8 +70,8 @@ def test_best_checkpoint_is_the_epoch_with_the_best_valid_auc(trained, data_root
     ms.set_context(mode=ms.GRAPH_MODE)
     net, config, meta = model_from_checkpoint(str(trained / "output" / "IntTower.ckpt"))
     assert meta["epoch"] == best["epoch"]
-    valid = get_dataset.load_dataset(config, str(data_root), quiet=True).valid
-    auc = util.global_metrics(valid["label"], util.predict(net, valid, input_names(config)))["auc"]
+    valid = get_dataset.load_dataset(config, str(data_root)).valid
+    auc = util.global_metrics(valid["label"], ms_util.predict(net, valid, input_names(config)))["auc"]
     assert auc == pytest.approx(best["valid_auc"], abs=1e-6)
 
 
@@ -91,8 +92,8 @@ def test_eval_rebuilds_the_training_test_split_from_the_checkpoint_alone(trained
     run("eval.py", "--ckpt", "output/IntTower.ckpt", "--data-root", data_root, "--predictions", "split.csv",
         "--quiet", cwd=trained)
     labels = np.loadtxt(trained / "split.csv", delimiter=",", skiprows=1)[:, 0]
-    _, meta = util.load_checkpoint(str(trained / "output" / "IntTower.ckpt"))
-    test = get_dataset.load_dataset(Config(**meta["config"]), str(data_root), quiet=True).test
+    _, meta = ms_util.load_checkpoint(str(trained / "output" / "IntTower.ckpt"))
+    test = get_dataset.load_dataset(Config(**meta["config"]), str(data_root)).test
     np.testing.assert_array_equal(labels, test["label"])
     assert len(labels) == meta["schema"]["rows"]["test"]
 
@@ -127,7 +128,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path, data_root):
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130 and "interrupted" in stderr, stderr[-2000:]
-    _, meta = util.load_checkpoint(str(last))
+    _, meta = ms_util.load_checkpoint(str(last))
     done = meta["progress"]["epoch"]
     assert 1 <= done < 1000
     run("train.py", *TINY, "--data-root", data_root, "--resume", "--epochs", done + 1, cwd=tmp_path)
@@ -143,6 +144,20 @@ def test_diverging_training_stops_and_keeps_the_last_good_checkpoint(trained, tm
     assert (tmp_path / "output" / "IntTower-last.ckpt").read_bytes() == before
 
 
+def test_eval_and_export_find_the_runs_checkpoint_also_under_its_earlier_name(trained, tmp_path, data_root):
+    """A run of an earlier version named every model's checkpoint IntTower.ckpt; renamed, it is the
+    run's only best checkpoint and is still found without --ckpt."""
+    metrics = json.loads((trained / "output" / "train_metrics.json").read_text())
+    (tmp_path / "output").mkdir()
+    shutil.copy(trained / "output" / "IntTower.ckpt", tmp_path / "output" / "IntTower.ckpt")
+    metrics["config"]["model"] = "two_tower"  # its own name would be TwoTower.ckpt
+    (tmp_path / "output" / "train_metrics.json").write_text(json.dumps(metrics))
+    result = run("eval.py", "--data-root", data_root, "--quiet", cwd=tmp_path)
+    assert result.stdout.startswith("test_auc=")
+    run("export.py", "--data-root", data_root, "--quiet", cwd=tmp_path)
+    assert (tmp_path / "output" / "IntTower.mindir").is_file()
+
+
 def test_eval_refuses_a_missing_or_foreign_checkpoint(tmp_path, data_root):
     (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint")
     for ckpt in ("missing.ckpt", "garbage.ckpt"):
@@ -151,7 +166,7 @@ def test_eval_refuses_a_missing_or_foreign_checkpoint(tmp_path, data_root):
 
 
 def resave_with(source, target, change_meta):
-    params, meta = util.load_checkpoint(str(source))
+    params, meta = ms_util.load_checkpoint(str(source))
     change_meta(meta)
     ms.save_checkpoint([{"name": name, "data": param} for name, param in params.items()], str(target),
                        append_dict={"meta_json": json.dumps(meta)})
@@ -185,8 +200,8 @@ def test_published_metrics_report_the_per_batch_auc_mean_and_the_redrawn_split_a
     # the published eval.py's test split: seed 2012, not the training seed
     ms.set_context(mode=ms.GRAPH_MODE)
     net, config, _ = model_from_checkpoint(str(trained / "output" / "IntTower.ckpt"))
-    redrawn = get_dataset.load_dataset(Config(**dict(vars(config), seed=2012)), str(data_root), quiet=True).test
-    auc = util.global_metrics(redrawn["label"], util.predict(net, redrawn, input_names(config)))["auc"]
+    redrawn = get_dataset.load_dataset(Config(**dict(vars(config), seed=2012)), str(data_root)).test
+    auc = util.global_metrics(redrawn["label"], ms_util.predict(net, redrawn, input_names(config)))["auc"]
     assert published["redrawn_split_auc"] == pytest.approx(auc, abs=1e-6)
     assert "published_redrawn_split_batch_mean_auc=" in result.stdout
 
