@@ -1,4 +1,4 @@
-"""Data-parallel training under msrun (SPEC 6): this process's place among the workers, and what
+"""Data-parallel training under msrun: this process's place among the workers, and what
 train.py's loop needs the workers to agree on. Outside msrun it is one worker of one, and every
 method is a no-op or an identity.
 

@@ -23,6 +23,7 @@ from mindspore import Tensor, nn
 
 import get_dataset
 import ms_util
+import serving
 import util
 from eval import load_matching_dataset
 from features import BY_NAME, input_names, item_input_names, user_input_names
@@ -51,7 +52,8 @@ def parse_args(argv=None):
                              "writes NAME.mindir or NAME.onnx, each with NAME.<ext>.json")
     parser.add_argument("--serving", action="store_true",
                         help="also write NAME_user_tower.mindir, NAME_item_tower.mindir, NAME_scorer.mindir "
-                             "(MindIR whatever --file-format says) and NAME_item_index.npz")
+                             "(MindIR whatever --file-format says) and NAME_item_index.npz; with --file-format ONNX "
+                             "also NAME_user_tower.onnx and NAME_scorer.onnx, the fastest way to serve on CPU")
     parser.add_argument("--verify", action="store_true",
                         help=f"reload every written file and compare with the checkpoint on test rows; "
                              f"exit 1 if a max absolute difference exceeds {TOLERANCE:g}")
@@ -92,6 +94,10 @@ def write_model(cell, inputs, outputs, config, path, file_format):
     else:
         # the temporary name already ends in the extension, so ms.export does not append another
         util.atomic_write(path, lambda tmp: ms.export(cell, *args, file_name=tmp, file_format=file_format))
+    write_signature(path, inputs, outputs, config)
+
+
+def write_signature(path, inputs, outputs, config):
     util.write_json(path + ".json", {"inputs": inputs, "outputs": outputs, "config": config,
                                      "mindspore_version": ms.__version__})
     util.log(f"wrote {path} and {path}.json")
@@ -116,10 +122,11 @@ def write_item_index(path, item_heads, items, bias):
     util.log(f"wrote {path} ({len(item_heads)} items)")
 
 
-def write_serving_models(net, config, meta, name):
+def write_serving_models(net, config, meta, name, onnx=False):
     """NAME_user_tower, NAME_item_tower and NAME_scorer .mindir with their sidecars: the towers with a
     dynamic batch, the scorer with a dynamic candidate count; written from an inference copy of
-    `net` with its BatchNorms folded. -> {part: path}."""
+    `net` with its BatchNorms folded. With `onnx`, also NAME_user_tower.onnx (one user: a request)
+    and NAME_scorer.onnx (serving.py builds it), for serving in onnxruntime. -> {part: path}."""
     schema, config_dict = meta["schema"], meta["config"]
     net = inference_copy(net, schema, config)
     user_names, item_names = user_input_names(config), item_input_names(config)
@@ -138,13 +145,26 @@ def write_serving_models(net, config, meta, name):
                           feature="one user's heads: the user tower's output for that user"),
                      dict(item_heads, low=None, high=None,
                           feature="N candidates' heads: rows of the item index (item tower outputs)")]
+    scorer_outputs = [dict(PROBABILITY, shape=[None])]
     files = {part: f"{name}_{part}.mindir" for part in ("user_tower", "item_tower", "scorer")}
     write_model(user_tower, feature_inputs(user_names, schema, None), [user_heads], config_dict,
                 files["user_tower"], "MINDIR")
     write_model(item_tower, feature_inputs(item_names, schema, None), [item_heads], config_dict,
                 files["item_tower"], "MINDIR")
-    write_model(MethodCell(net, "score_candidates"), scorer_inputs, [dict(PROBABILITY, shape=[None])], config_dict,
-                files["scorer"], "MINDIR")
+    write_model(MethodCell(net, "score_candidates"), scorer_inputs, scorer_outputs, config_dict, files["scorer"],
+                "MINDIR")
+    if onnx:
+        files["user_tower_onnx"], files["scorer_onnx"] = f"{name}_user_tower.onnx", f"{name}_scorer.onnx"
+        write_model(user_tower, feature_inputs(user_names, schema, 1), [dict(user_heads, shape=[1, heads_per_user,
+                                                                                                 head_dim])],
+                    config_dict, files["user_tower_onnx"], "ONNX")
+        graph = serving.scorer_onnx((heads_per_user, head_dim), (None, heads_per_item, head_dim), net.bias.asnumpy())
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                f.write(graph)
+        util.atomic_write(files["scorer_onnx"], write)
+        write_signature(files["scorer_onnx"], scorer_inputs, scorer_outputs, config_dict)
     return files
 
 
@@ -180,23 +200,23 @@ def feature_batches(test, names, batch_size):
     return [tuple(repeated_rows(test, size)[name] for name in names) for size in sizes]
 
 
-def serving_diff(files, net, index, test, config):
+def serving_diff(user_tower_path, scorer_path, net, index, test, config):
     """scorer(user tower(user), item index rows of the user's test items) against the full model on
-    the same (user, item) test rows, for up to VERIFY_USERS users."""
-    user_tower, scorer = load_exported(files["user_tower"]), load_exported(files["scorer"])
-    full = numpy_fn(net)
+    the same (user, item) test rows, for up to VERIFY_USERS users. The full model scores all the
+    rows at once, in the fixed-size batches of ms_util.predict: a new batch shape would cost a graph
+    compile per user."""
+    user_tower, scorer = load_exported(user_tower_path), load_exported(scorer_path)
     index_row = np.full(int(max(test["movie_id"].max(), index["movie_id"].max())) + 1, -1)
     index_row[index["movie_id"]] = np.arange(len(index["movie_id"]))
-    diff = 0.0
-    for user in np.unique(test["user_id"])[:VERIFY_USERS]:
-        rows = np.flatnonzero((test["user_id"] == user) & (index_row[test["movie_id"]] >= 0))
-        if len(rows) == 0:
-            continue
-        heads = user_tower(*(test[name][rows[:1]] for name in user_input_names(config)))[0]
-        served = scorer(heads, index["item_heads"][index_row[test["movie_id"][rows]]])
-        expected = full(*(test[name][rows] for name in input_names(config)))
-        diff = max(diff, float(np.abs(served - expected).max()))
-    return diff
+    users = np.unique(test["user_id"])[:VERIFY_USERS]
+    rows = np.flatnonzero(np.isin(test["user_id"], users) & (index_row[test["movie_id"]] >= 0))
+    expected = ms_util.predict(net, {name: test[name][rows] for name in input_names(config)}, input_names(config))
+    served = np.empty_like(expected)
+    for user in np.unique(test["user_id"][rows]):
+        mine = np.flatnonzero(test["user_id"][rows] == user)
+        heads = user_tower(*(test[name][rows[mine[:1]]] for name in user_input_names(config)))[0]
+        served[mine] = scorer(heads, index["item_heads"][index_row[test["movie_id"][rows[mine]]]])
+    return float(np.abs(served - expected).max())
 
 
 def verify(files, net, config, test, items, batch_size):
@@ -215,7 +235,13 @@ def verify(files, net, config, test, items, batch_size):
         diffs[os.path.basename(files["item_index"]) + " vs item tower"] = float(np.abs(
             index["item_heads"] - item_tower(*(items[name] for name in item_input_names(config)))).max())
         diffs["serving (user tower + item index + scorer) vs full model"] = serving_diff(
-            files, net, index, test, config)
+            files["user_tower"], files["scorer"], net, index, test, config)
+    if "scorer_onnx" in files:
+        diffs[os.path.basename(files["user_tower_onnx"])] = max_diff(
+            load_exported(files["user_tower_onnx"]), numpy_fn(MethodCell(net, "user_heads")),
+            feature_batches(test, user_input_names(config), 1))
+        diffs["serving in onnxruntime (user tower + item index + scorer .onnx) vs full model"] = serving_diff(
+            files["user_tower_onnx"], files["scorer_onnx"], net, index, test, config)
     return diffs
 
 
@@ -249,7 +275,7 @@ def main(argv=None):
                 [dict(PROBABILITY, shape=[batch])], meta["config"], files["model"], args.file_format)
 
     if args.serving:
-        files.update(write_serving_models(net, config, meta, name))
+        files.update(write_serving_models(net, config, meta, name, onnx=args.file_format == "ONNX"))
         files["item_index"] = f"{name}_item_index.npz"
         item_heads = item_heads_of(MethodCell(net, "item_heads"), data.items, item_input_names(config))
         write_item_index(files["item_index"], item_heads, data.items, net.bias.asnumpy())

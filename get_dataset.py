@@ -1,4 +1,4 @@
-"""MovieLens (or synthetic) -> encoded numpy arrays + feature schema, under a protocol (SPEC 3).
+"""MovieLens (or synthetic) -> encoded numpy arrays + feature schema, under a protocol (README, Protocols).
 
 load_dataset finds the raw files (downloading or generating them when missing: downloads.py,
 synthetic.py), reads them (readers.py), builds the splits, encoders and mean-rating features of the
@@ -181,7 +181,7 @@ def mean_rating_feature(ids, label, parts, protocol, seed, size):
 
 
 def build_dataset(ratings, users, movies, files, config, data_hash):
-    """Raw tables -> Dataset: drop 3s, label, split, encode, mean-rating features (SPEC 3)."""
+    """Raw tables -> Dataset: drop 3s, label, split, encode, mean-rating features."""
     if config.first_ratings:  # each user's first ratings by time (movie id breaks ties)
         ratings = ratings.sort_values(["user_id", "timestamp", "movie_id"]).groupby("user_id").head(config.first_ratings)
     kept = ratings[ratings["rating"] != 3]
@@ -253,7 +253,7 @@ def build_dataset(ratings, users, movies, files, config, data_hash):
 # Cache and entry points
 
 def file_hash(paths):
-    """Hash of the raw files' contents (a few hundred ms for ML-1M), stable across copies."""
+    """Hash of the raw files' contents, stable across copies."""
     h = hashlib.sha1()
     for path in paths:
         h.update(os.path.basename(path).encode())

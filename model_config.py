@@ -21,7 +21,7 @@ class Config:
     # keep only each user's first N ratings by time (a sparse version of the data); 0 keeps all
     first_ratings: int = 0
 
-    # model (published values, SPEC 4): IntTower or one of the paper's baselines (MODEL_NAMES).
+    # model (the published values): IntTower or one of the paper's baselines (MODEL_NAMES).
     # Every baseline shares the fields below (embedding size, mlp_layers, keep_rate) and the training
     # defaults, so that all models are compared on one loop; their own hyper-parameters follow.
     model: str = "inttower"
@@ -31,7 +31,7 @@ class Config:
     sparse_embedding_dim: int = 32
     keep_rate: float = 0.9
     use_lightse: bool = True
-    # Light-SE on the item tower as well as the user tower (paper, SPEC, the authors' PyTorch code);
+    # Light-SE on the item tower as well as the user tower (the paper and the authors' PyTorch code);
     # the published MindSpore code has it on the user tower only
     item_lightse: bool = True
     # BatchNorm on each tower's input (the published MindSpore code; the PyTorch code has none)

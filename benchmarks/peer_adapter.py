@@ -1,5 +1,6 @@
-"""The project's names that ../shared/peer/side_by_side.py imports (its PROJECT_NAMES), from where
-they now live, so that the speed comparison against the PyTorch peer keeps running."""
+"""The project's names that the PyTorch speed peer's side_by_side.py imports (its PROJECT_NAMES;
+README, Speed), from where they now live, so that the speed comparison against the PyTorch peer
+keeps running."""
 import os
 import sys
 
@@ -8,12 +9,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import export  # noqa: E402
 import get_dataset  # noqa: E402
 import util  # noqa: E402
-from bench_prerank import numpy_scores  # noqa: E402,F401
 from export import write_serving_models  # noqa: E402,F401
 from features import input_names, item_input_names, tower_features, user_input_names  # noqa: E402,F401
 from model import IntTower, MethodCell  # noqa: E402,F401
 from model_config import Config  # noqa: E402,F401
 from ms_util import predict, to_tensors  # noqa: E402,F401
+from serving import numpy_scores  # noqa: E402,F401
 from train import build  # noqa: E402,F401
 from util import epoch_order  # noqa: E402,F401
 

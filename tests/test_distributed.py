@@ -1,4 +1,4 @@
-"""Data-parallel training under msrun (SPEC 6): the shards, the global-batch CIR, and a 2-worker run
+"""Data-parallel training under msrun: the shards, the global-batch CIR, and a 2-worker run
 of train.py that ends with identical workers, resumes, and evaluates with eval.py."""
 import json
 import os

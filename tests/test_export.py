@@ -14,7 +14,6 @@ from mindspore import Tensor, nn
 
 import get_dataset
 import ms_util
-import util
 from features import input_names, item_input_names, user_input_names
 from networks import model_from_checkpoint
 
@@ -52,11 +51,16 @@ def mindir(trained, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def onnx_name(trained, tmp_path_factory):
+def onnx_export(trained, tmp_path_factory):
+    """NAME of an ONNX export with --serving --verify, and its run."""
     name = str(tmp_path_factory.mktemp("onnx") / "IntTower")
-    result = export(trained, name, "--file-format", "ONNX", "--batch-size", "64", "--verify")
-    assert result.returncode == 0, result.stderr
-    return name
+    return name, export(trained, name, "--file-format", "ONNX", "--batch-size", "64", "--serving", "--verify")
+
+
+@pytest.fixture(scope="module")
+def onnx_name(onnx_export):
+    assert onnx_export[1].returncode == 0, onnx_export[1].stderr
+    return onnx_export[0]
 
 
 @pytest.fixture(scope="module")
@@ -91,13 +95,18 @@ def expected(net, arrays):
     return net(*(Tensor(a) for a in arrays)).asnumpy()
 
 
-def test_verify_passes_and_reports_every_file(mindir):
-    name, result = mindir
+@pytest.mark.parametrize("fixture, checks", [("mindir", 5), ("onnx_export", 7)])
+def test_verify_passes_and_reports_every_file(request, fixture, checks):
+    name, result = request.getfixturevalue(fixture)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 5 and all(line.startswith("verify ") and "max_abs_diff=" in line for line in lines)
+    assert len(lines) == checks and all(line.startswith("verify ") and "max_abs_diff=" in line for line in lines)
     assert all(float(line.rsplit("=", 1)[1]) <= 1e-5 for line in lines)
-    for path in [name + ".mindir"] + [f"{name}_{part}.mindir" for part in SERVING_PARTS]:
+    extension = ".mindir" if fixture == "mindir" else ".onnx"
+    served = [f"{name}_{part}.mindir" for part in SERVING_PARTS]
+    if fixture == "onnx_export":
+        served += [f"{name}_user_tower.onnx", f"{name}_scorer.onnx"]
+    for path in [name + extension] + served:
         assert os.path.isfile(path) and os.path.isfile(path + ".json")
     assert os.path.isfile(name + "_item_index.npz")
     assert not [f for f in os.listdir(os.path.dirname(name)) if f.startswith(".tmp")]
@@ -176,11 +185,15 @@ def test_sidecar_describes_the_real_inputs(mindir, checkpoint):
     assert json.load(open(mindir[0] + ".mindir.json"))["inputs"][0]["shape"] == [2048]
 
 
-def test_serving_identity(mindir, checkpoint):
-    """scorer(user tower(user), item index rows) == the full model on real (user, item) test pairs."""
+@pytest.mark.parametrize("engine", ["mindir", "onnxruntime"])
+def test_serving_identity(mindir, onnx_name, checkpoint, engine):
+    """scorer(user tower(user), item index rows) == the full model on real (user, item) test pairs,
+    in MindSpore (the MindIR files) and in onnxruntime (the ONNX user tower and scorer)."""
     net, config, meta, data = checkpoint
-    name, test = mindir[0], data.test
-    user_tower, scorer = graph_fn(name + "_user_tower.mindir"), graph_fn(name + "_scorer.mindir")
+    name, test = (mindir[0], data.test) if engine == "mindir" else (onnx_name, data.test)
+    load = graph_fn if engine == "mindir" else onnx_fn
+    extension = ".mindir" if engine == "mindir" else ".onnx"
+    user_tower, scorer = load(name + "_user_tower" + extension), load(name + "_scorer" + extension)
     with np.load(name + "_item_index.npz") as index:
         item_heads, movie_ids = index["item_heads"], index["movie_id"]
     row_of_movie = {int(movie): row for row, movie in enumerate(movie_ids)}

@@ -1,5 +1,5 @@
-"""get_dataset.py: the protocols, splits, encoders and features, the cache and the command line
-(SPEC 3). Every test writes its own tiny MovieLens-shaped files under tmp_path (raw_files.py)."""
+"""get_dataset.py: the protocols, splits, encoders and features, the cache and the command line.
+Every test writes its own tiny MovieLens-shaped files under tmp_path (raw_files.py)."""
 import json
 
 import numpy as np
