@@ -22,10 +22,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STRICT = ["--protocol", "strict"]
 # the paper's Table 2, pre-ranking models first (COLD among them), then the ranking models
 TABLE2 = ["two_tower", "dssm", "dat", "cold", "wdl", "deepfm", "dcn", "autoint", "inttower"]
-PUBLISHED_MINDSPORE = ["--no-train-mode", "--no-item-lightse", "--no-genres", "--cir-weight", "0", "--init", "mindspore"]
+PUBLISHED_MINDSPORE = ["--no-train-mode", "--no-item-lightse", "--no-genres", "--cir-weight", "0",
+                       "--init", "mindspore"]
 AUTHORS_PYTORCH = ["--fe-source", "inputs", "--user-fe-activation", "none", "--head-num", "32", "--feblock-size",
                    "2048", "--no-input-norm", "--keep-rate", "0.7", "--lr", "0.001", "--l2-embedding", "1e-5",
                    "--cir-weight", "0", "--init", "pytorch"]
+
+
+CONVERGED = ["--epochs", "50", "--patience", "3"]  # trained until valid AUC stops improving for 3 epochs
 
 
 def model_flags(model):
@@ -52,10 +56,12 @@ GROUPS = {
         ("no genres", STRICT + ["--no-genres"]),
     ],
     # each user's first N ratings by time; batches of 256 for these small training sets
-    "sparse": [(f"{name}, first {n} ratings per user", flags + STRICT + ["--first-ratings", str(n), "--batch-size", "256"])
+    "sparse": [(f"{name}, first {n} ratings per user",
+                flags + STRICT + ["--first-ratings", str(n), "--batch-size", "256"])
                for n in (10, 20) for name, flags in (("IntTower", []), ("Two-Tower", ["--model", "two_tower"]))],
     # the defaults (weight 1, temperature 0.07) are the plain strict run
-    "cir": [(f"CIR weight {w}", STRICT + (["--cir-weight", w] if w != "1" else [])) for w in ("0", "0.1", "0.3", "1", "3")]
+    "cir": [(f"CIR weight {w}", STRICT + (["--cir-weight", w] if w != "1" else []))
+            for w in ("0", "0.1", "0.3", "1", "3")]
     + [(f"CIR temperature {t}", STRICT + (["--cir-temperature", t] if t != "0.07" else []))
        for t in ("0.05", "0.07", "0.2", "0.5")],
     "faithfulness": [
@@ -72,14 +78,28 @@ GROUPS = {
         ("the published MindSpore training, paper protocol", PUBLISHED_MINDSPORE),
         ("the authors' PyTorch settings, paper protocol", AUTHORS_PYTORCH),
     ],
+    "converged": [(f"{model}, strict, to convergence", model_flags(model) + STRICT + CONVERGED) for model in TABLE2],
+    # "tuned": each model with the settings benchmarks/tune.py chose on validation (tuned_rows)
 }
+
+
+def tuned_rows(dataset):
+    """The tuned group: every model benchmarks/tune.py has chosen settings for, trained to convergence."""
+    path = os.path.join(ROOT, "benchmarks", f"tuned_{dataset.replace('-', '')}.json")
+    if not os.path.isfile(path):
+        raise SystemExit(f"no {path}: run benchmarks/tune.py --dataset {dataset} first")
+    with open(path) as f:
+        chosen = json.load(f)
+    return [(f"{model}, strict, tuned", model_flags(model) + STRICT + CONVERGED + chosen[model]["flags"])
+            for model in TABLE2 if model in chosen]
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="ml-1m", help="dataset of every run (default ml-1m)")
     parser.add_argument("--data-root", default="data", help="default data/")
-    parser.add_argument("--groups", nargs="+", choices=list(GROUPS), default=list(GROUPS), help="default: all")
+    parser.add_argument("--groups", nargs="+", choices=list(GROUPS) + ["tuned"], default=list(GROUPS),
+                        help="default: all but tuned")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="default 1 2 3")
     parser.add_argument("--runs-dir", help="where runs go (default runs/<dataset>)")
     parser.add_argument("--json", help="write every run here (default benchmarks/results_<dataset>.json)")
@@ -147,7 +167,7 @@ def main(argv=None):
     tables = []
     for group in args.groups:
         rows = []
-        for name, flags in GROUPS[group]:
+        for name, flags in (tuned_rows(args.dataset) if group == "tuned" else GROUPS[group]):
             flags = flags + args.extra
             results = []
             for seed in args.seeds:

@@ -1,0 +1,138 @@
+"""Tune every Table-2 model on validation, the same way for each: an Optuna search (TPE) over its
+learning rate, dropout keep rate, MLP width and embedding L2 (and IntTower's CIR weight and
+temperature), the same number of trials and the same training budget for every model.
+
+python benchmarks/tune.py [--dataset ml-1m] [--models two_tower dcn ...] [--trials 12]
+                          [--storage runs/tune/optuna.db] [--json benchmarks/tuned_ml1m.json]
+
+Each trial is `python train.py --protocol strict --seed 1 --epochs E --patience 2 FLAGS`, run as a
+user runs it; its value is its best valid AUC (train_metrics.json), reported epoch by epoch so that
+a trial well below the others' median is stopped early (Optuna's MedianPruner). The test split is
+never read. The search lives in a SQLite file, so an interrupted search resumes where it stopped
+(a trial cut short is retried). The chosen settings, per model, go to --json; run_results.py's
+`tuned` group trains them with seeds 1, 2 and 3 and evaluates them on test.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from run_results import TABLE2, model_flags  # noqa: E402
+
+WIDTHS = {"300-300-128": [300, 300, 128], "256-128": [256, 128], "400-400-400": [400, 400, 400],
+          "1024-512-256": [1024, 512, 256]}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="ml-1m", help="default ml-1m")
+    parser.add_argument("--data-root", default="data", help="default data/")
+    parser.add_argument("--models", nargs="+", choices=TABLE2, default=TABLE2, help="default: the nine of Table 2")
+    parser.add_argument("--trials", type=int, default=12, help="finished trials per model (default 12)")
+    parser.add_argument("--epochs", type=int, default=30, help="epoch cap of a trial (default 30; patience 2)")
+    parser.add_argument("--seed", type=int, default=1, help="the split the search validates on (default 1)")
+    parser.add_argument("--storage", default=os.path.join("runs", "tune", "optuna.db"), help="the search's SQLite file")
+    parser.add_argument("--runs-dir", default=os.path.join("runs", "tune"), help="where trials train")
+    parser.add_argument("--json", help="the chosen settings (default benchmarks/tuned_<dataset>.json)")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                        help="flags added to every trial's train.py (e.g. --synthetic-scale 0.05 to try the search)")
+    return parser.parse_args(argv)
+
+
+def suggest(trial, model):
+    """One point of the search space: train.py flags."""
+    width = trial.suggest_categorical("mlp_layers", list(WIDTHS))
+    flags = ["--lr", str(trial.suggest_float("lr", 1e-4, 1e-2, log=True)),
+             "--keep-rate", str(trial.suggest_float("keep_rate", 0.5, 1.0)),
+             "--l2-embedding", str(trial.suggest_float("l2_embedding", 1e-8, 1e-3, log=True)),
+             "--mlp-layers", *map(str, WIDTHS[width])]
+    if model == "inttower":
+        flags += ["--cir-weight", str(trial.suggest_float("cir_weight", 0.0, 3.0)),
+                  "--cir-temperature", str(trial.suggest_float("cir_temperature", 0.02, 1.0, log=True))]
+    return flags
+
+
+def train(trial, args, model, flags):
+    """Run the trial's train.py, reporting each epoch's valid AUC; -> its best valid AUC."""
+    out_dir = os.path.join(args.runs_dir, args.dataset, model, f"trial{trial.number}")
+    os.makedirs(out_dir, exist_ok=True)
+    command = [sys.executable, os.path.join(ROOT, "train.py"), "--dataset", args.dataset, "--protocol", "strict",
+               "--seed", str(args.seed), "--epochs", str(args.epochs), "--patience", "2", "--out-dir", out_dir,
+               "--data-root", args.data_root, "--quiet", *model_flags(model), *flags, *args.extra]
+    with open(os.path.join(out_dir, "train.log"), "w") as log:
+        process = subprocess.Popen(command, stderr=log)
+        reported = 0
+        while True:
+            running = process.poll() is None
+            for epoch in recorded_epochs(out_dir)[reported:]:
+                trial.report(epoch["valid_auc"], epoch["epoch"])
+                reported += 1
+                if running and trial.should_prune():
+                    process.send_signal(signal.SIGINT)  # train.py stops after the step it is in
+                    process.wait()
+                    raise optuna.TrialPruned()
+            if not running:
+                break
+            time.sleep(2)
+    if process.returncode != 0:
+        raise RuntimeError(f"failed ({os.path.join(out_dir, 'train.log')}): {' '.join(command)}")
+    return max(epoch["valid_auc"] for epoch in recorded_epochs(out_dir))
+
+
+def recorded_epochs(out_dir):
+    """The epochs train_metrics.json records so far (train.py replaces it whole after each)."""
+    path = os.path.join(out_dir, "train_metrics.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return json.load(f)["epochs"]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    json_path = args.json or os.path.join(ROOT, "benchmarks", f"tuned_{args.dataset.replace('-', '')}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(args.storage)), exist_ok=True)
+    # heartbeats mark the trial of an interrupted search failed, and the callback queues it again
+    storage = optuna.storages.RDBStorage(f"sqlite:///{os.path.abspath(args.storage)}", heartbeat_interval=60,
+                                         grace_period=180,
+                                         heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+    chosen = {}
+    if os.path.isfile(json_path):
+        with open(json_path) as f:
+            chosen = json.load(f)
+    for model in args.models:
+        study = optuna.create_study(storage=storage, study_name=f"{args.dataset}-{model}", direction="maximize",
+                                    load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5),
+                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+
+        def objective(trial):
+            flags = suggest(trial, model)
+            trial.set_user_attr("flags", flags)
+            return train(trial, args, model, flags)
+
+        def finished():
+            states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            return len(study.get_trials(deepcopy=False, states=states))
+
+        while finished() < args.trials:
+            study.optimize(objective, n_trials=1)
+        best = study.best_trial
+        chosen[model] = {"flags": best.user_attrs["flags"], "valid_auc": best.value, "params": best.params,
+                         "trials": finished(), "epochs": args.epochs, "seed": args.seed}
+        with open(json_path + ".tmp", "w") as f:
+            json.dump(chosen, f, indent=1)
+            f.write("\n")
+        os.replace(json_path + ".tmp", json_path)
+        print(f"{model}: best valid AUC {best.value:.4f} with {' '.join(best.user_attrs['flags'])}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
