@@ -24,6 +24,7 @@ import model_config
 import readers
 import synthetic
 import util
+from features import FEATURES, TOWER_ID
 
 N_FOLDS = 5  # strict protocol: out-of-fold mean-rating features inside train
 
@@ -198,55 +199,57 @@ def build_dataset(ratings, users, movies, files, config, data_hash):
     parts = split_rows(timestamp, config.split, config.seed)
     fit = np.arange(len(label)) if config.protocol == "paper" else parts["train"]
 
-    # Encoders fit on the values seen in the fit rows (all rows for paper, train for strict); each
-    # attribute is encoded once per table row, then gathered per rating.
-    columns, vocab, known, by_table_row = {}, {}, {}, {}
-    for name, table, rows in [("user_id", users, user_row), ("gender", users, user_row), ("age", users, user_row),
-                              ("occupation", users, user_row), ("movie_id", movies, movie_row)]:
-        table_values = table[name].to_numpy()
-        classes = np.unique(table_values[np.unique(rows[fit])])
-        by_table_row[name] = encode(classes, table_values)
-        columns[name] = by_table_row[name][rows]
-        vocab[name] = len(classes) + 1
-        known[name] = classes
-    genre_matrix, genre_names = encode_genres(movies["genres"], np.unique(movie_row[fit]))
-    columns["genres"] = genre_matrix[movie_row]
-    vocab["genres"] = len(genre_names) + 1
-
-    columns["user_mean_rating"], user_at_test = mean_rating_feature(
-        columns["user_id"], label, parts, config.protocol, config.seed, vocab["user_id"])
-    columns["item_mean_rating"], item_at_test = mean_rating_feature(
-        columns["movie_id"], label, parts, config.protocol, config.seed, vocab["movie_id"])
+    # Every feature of features.py from its tower's table: ids encoded by encoders fit on the values
+    # seen in the fit rows (all rows for paper, train for strict), once per table row, then gathered
+    # per rating; the dense features are the mean label of the tower's id (listed before them).
+    tables = {"user": (users, user_row, users_file), "item": (movies, movie_row, movies_file)}
+    columns, vocab, known, by_table_row, at_test = {}, {}, {}, {}, {}
+    for feature in FEATURES:
+        table, rows, _ = tables[feature.tower]
+        if feature.kind == "dense":
+            id_name = TOWER_ID[feature.tower]
+            columns[feature.name], at_test[feature.name] = mean_rating_feature(
+                columns[id_name], label, parts, config.protocol, config.seed, vocab[id_name])
+            continue
+        if feature.kind == "sparse":
+            values = table[feature.name].to_numpy()
+            known[feature.name] = np.unique(values[np.unique(rows[fit])])
+            by_table_row[feature.name] = encode(known[feature.name], values)
+        else:
+            by_table_row[feature.name], known[feature.name] = encode_genres(table[feature.name], np.unique(rows[fit]))
+        vocab[feature.name] = len(known[feature.name]) + 1
+        columns[feature.name] = by_table_row[feature.name][rows]
     columns["label"] = label
     columns["timestamp"] = timestamp
 
     # one row per known user and per known movie, with its test-time features: what serving reads
-    known_users = table_rows(users["user_id"].to_numpy(), known["user_id"], users_file, users_file)
-    user_table = {"user_id": np.arange(1, len(known["user_id"]) + 1, dtype=np.int32),
-                  "raw_user_id": known["user_id"].astype(np.int64),
-                  **{name: by_table_row[name][known_users] for name in ("gender", "age", "occupation")},
-                  "user_mean_rating": user_at_test[1:]}
-    known_rows = table_rows(movies["movie_id"].to_numpy(), known["movie_id"], movies_file, movies_file)
-    items = {"movie_id": np.arange(1, len(known["movie_id"]) + 1, dtype=np.int32),
-             "raw_movie_id": known["movie_id"].astype(np.int64),
-             "title": movies["title"].to_numpy()[known_rows].astype(str),
-             "genres": genre_matrix[known_rows],
-             "item_mean_rating": item_at_test[1:]}
+    serving = {}
+    for tower, (table, _, file) in tables.items():
+        id_name = TOWER_ID[tower]
+        known_rows = table_rows(table[id_name].to_numpy(), known[id_name], file, file)
+        serving[tower] = {id_name: np.arange(1, len(known[id_name]) + 1, dtype=np.int32),
+                          f"raw_{id_name}": known[id_name].astype(np.int64)}
+        for feature in FEATURES:  # every feature, whatever the config: the cache serves every config
+            if feature.tower == tower and feature.name != id_name:
+                serving[tower][feature.name] = (at_test[feature.name][1:] if feature.kind == "dense"
+                                                else by_table_row[feature.name][known_rows])
+        if tower == "item":
+            serving[tower]["title"] = table["title"].to_numpy()[known_rows].astype(str)
     splits = {name: {k: np.ascontiguousarray(v[rows]) for k, v in columns.items()} for name, rows in parts.items()}
     schema = {
         "dataset": config.dataset, "protocol": config.protocol, "split": config.split, "seed": config.seed,
         "synthetic_scale": config.synthetic_scale, "first_ratings": config.first_ratings, "data_hash": data_hash,
         "vocab": vocab,
-        "max_genres": genre_matrix.shape[1], "genre_names": [str(g) for g in genre_names],
+        "max_genres": by_table_row["genres"].shape[1], "genre_names": [str(g) for g in known["genres"]],
         # the valid values of the mean ratings: [0, 1], widened where the paper protocol's scaling spills
-        "dense_range": {name: [min(0.0, float(columns[name].min())), max(1.0, float(columns[name].max()))]
-                        for name in ("user_mean_rating", "item_mean_rating")},
+        "dense_range": {f.name: [min(0.0, float(columns[f.name].min())), max(1.0, float(columns[f.name].max()))]
+                        for f in FEATURES if f.kind == "dense"},
         "rows": {name: len(rows) for name, rows in parts.items()},
         "stats": {"rows": len(label), "users": len(np.unique(user_raw)), "items": len(np.unique(movie_raw)),
                   "positive_rate": round(float(label.mean()), 4)},
     }
     return Dataset(schema, splits["train"], splits["valid"], splits["test"],
-                   *({k: np.ascontiguousarray(v) for k, v in table.items()} for table in (items, user_table)))
+                   *({k: np.ascontiguousarray(v) for k, v in serving[tower].items()} for tower in ("item", "user")))
 
 
 # ---------------------------------------------------------------------------------------------

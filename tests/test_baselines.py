@@ -243,12 +243,16 @@ def test_autoint_heads_must_divide_the_embedding_size():
 TINY = ["--dataset", "synthetic", "--synthetic-scale", "0.01", "--mlp-layers", "16", "8", "--sparse-embedding-dim",
         "8", "--batch-size", "256", "--max-steps", "2", "--quiet"]
 ONNX_MODELS = ("autoint",)
+# eval.py reads every model the way export.py --verify does (its network rebuilt from the checkpoint,
+# its data matched); it runs here for a tower and a ranking model
+EVAL_MODELS = ("dat", "dcn")
 
 
 @pytest.fixture(scope="module")
 def pipelines(tmp_path_factory):
-    """Each baseline trained two steps with train.py, then eval.py, then export.py --verify (--serving
-    for tower models; and ONNX for ONNX_MODELS), two models at a time: {model: (workdir, {step: run})}.
+    """Each baseline trained two steps with train.py, then eval.py (EVAL_MODELS), then export.py
+    --verify (--serving for tower models; and ONNX for ONNX_MODELS), two models at a time:
+    {model: (workdir, {step: run})}.
     A pipeline stops at its first failing command."""
     data_root = tmp_path_factory.mktemp("data")
     get_dataset.load_dataset(model_config.Config(dataset="synthetic", synthetic_scale=0.01), str(data_root))
@@ -256,9 +260,10 @@ def pipelines(tmp_path_factory):
     def pipeline(model):
         workdir = tmp_path_factory.mktemp(model)
         data = ["--data-root", data_root, "--quiet"]
-        commands = {"train": ("train.py", *TINY, "--model", model, "--data-root", data_root),
-                    "eval": ("eval.py", *data),
-                    "export": ("export.py", "--verify", *data) + (("--serving",) if model in TOWER_MODELS else ())}
+        commands = {"train": ("train.py", *TINY, "--model", model, "--data-root", data_root)}
+        if model in EVAL_MODELS:
+            commands["eval"] = ("eval.py", *data)
+        commands["export"] = ("export.py", "--verify", *data) + (("--serving",) if model in TOWER_MODELS else ())
         if model in ONNX_MODELS:
             commands["onnx"] = ("export.py", "--file-format", "ONNX", "--batch-size", "64", "--verify", *data)
         runs = {}
@@ -273,14 +278,14 @@ def pipelines(tmp_path_factory):
 
 
 @pytest.mark.parametrize("model", BASELINES)
-def test_every_baseline_trains_evaluates_and_exports_through_the_commands(pipelines, model):
+def test_every_baseline_trains_and_exports_through_the_commands(pipelines, model):
     workdir, runs = pipelines[model]
     for step, result in runs.items():
         assert result.returncode == 0, f"{step}: {result.stderr[-3000:]}"
     assert json.loads((workdir / "output" / "train_metrics.json").read_text())["config"]["model"] == model
     name = MODELS[model].__name__  # every file is named after the model that wrote it
     assert {f"{name}.ckpt", f"{name}-last.ckpt", f"{name}.mindir"} <= set(os.listdir(workdir / "output"))
-    assert runs["eval"].stdout.startswith("test_auc=")
+    assert model not in EVAL_MODELS or runs["eval"].stdout.startswith("test_auc=")
     verified = [line for name in ("export", "onnx") if name in runs for line in runs[name].stdout.splitlines()]
     assert len(verified) == (5 if model in TOWER_MODELS else 1) + (model in ONNX_MODELS)
     assert all(line.startswith("verify ") and float(line.rsplit("=", 1)[1]) <= 1e-5 for line in verified)

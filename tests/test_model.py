@@ -332,7 +332,7 @@ COMPUTING_SWITCHES = {name: switch for name, switch in SWITCHES.items() if "init
 
 
 @pytest.mark.parametrize("switch", COMPUTING_SWITCHES.values(), ids=COMPUTING_SWITCHES.keys())
-def test_every_switch_builds_and_takes_a_gradient_step(schema, switch):
+def test_every_switch_builds_predicts_and_gives_every_weight_a_gradient(schema, switch):
     config = tiny_config(**switch)
     net = build_network(schema, config)
     features = random_features(schema, config, batch=16)
@@ -344,16 +344,14 @@ def test_every_switch_builds_and_takes_a_gradient_step(schema, switch):
 
     net.set_train(True)
     params = net.trainable_params()
-    before = [p.asnumpy().copy() for p in params]
     loss, grads = ms.value_and_grad(net.loss, None, params)(random_labels(16, 6), *features)
-    nn.Adam(params, learning_rate=1e-2)(grads)
 
     assert all_finite([loss, *grads])
     # Without genres the item Light-SE sees one field: softmax over it is 1, out = 2E for any
     # weights, so those weights get no gradient.
     inert = "item_tower.lightse." if not config.use_genres else "-"
-    weights = [(p, b) for p, b in zip(params, before) if p.name.endswith(".weight") and not p.name.startswith(inert)]
-    assert weights and all(not np.array_equal(p.asnumpy(), b) for p, b in weights)
+    weights = [g for p, g in zip(params, grads) if p.name.endswith(".weight") and not p.name.startswith(inert)]
+    assert weights and all(np.abs(g.asnumpy()).max() > 0 for g in weights)
 
 
 def test_switches_change_the_heads_the_model_scores(schema):
