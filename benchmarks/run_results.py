@@ -103,6 +103,8 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="default 1 2 3")
     parser.add_argument("--runs-dir", help="where runs go (default runs/<dataset>)")
     parser.add_argument("--json", help="write every run here (default benchmarks/results_<dataset>.json)")
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: print the tables of the runs --json records (rows with fewer seeds say so)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="flags added to every train.py run (e.g. --epochs 50 --patience 3), and to the run "
                              "folders' names")
@@ -171,6 +173,10 @@ def main(argv=None):
             flags = flags + args.extra
             results = []
             for seed in args.seeds:
+                if args.report:
+                    if (tuple(flags), seed) in runs:
+                        results.append(runs[(tuple(flags), seed)])
+                    continue
                 start = time.time()
                 evaluation, training = train_and_eval(args, flags, seed, run_dir(runs_dir, flags, seed))
                 runs[(tuple(flags), seed)] = summary(name, flags, seed, evaluation, training)
@@ -185,7 +191,10 @@ def main(argv=None):
         print("| run | flags | test AUC | test logloss | best epoch |")
         print("| --- | --- | --- | --- | --- |")
         for name, flags, results in rows:
-            print(f"| {name} | `{' '.join(flags)}` | {mean_std([r['test_auc'] for r in results])} | "
+            if not results:
+                continue
+            seeds = "" if len(results) == len(args.seeds) else f" ({len(results)} of {len(args.seeds)} seeds)"
+            print(f"| {name}{seeds} | `{' '.join(flags)}` | {mean_std([r['test_auc'] for r in results])} | "
                   f"{mean_std([r['test_logloss'] for r in results])} | "
                   f"{', '.join(str(r['best_epoch']) for r in results)} |")
     print(f"\nwrote {json_path}", file=sys.stderr)

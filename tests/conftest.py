@@ -35,6 +35,16 @@ def tiny_config(**overrides):
                      **overrides})
 
 
+@pytest.fixture
+def graph_mode():
+    """Graph mode (as the commands run) for one test, then the previous mode again: a test left in
+    graph mode would make every later in-process test compile its networks, far slower than PyNative."""
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    yield
+    ms.set_context(mode=previous)
+
+
 @pytest.fixture(params=[ms.PYNATIVE_MODE, ms.GRAPH_MODE], ids=["pynative", "graph"])
 def execution_mode(request):
     """Runs the test in PyNative and in graph mode, restoring the previous mode afterwards."""

@@ -62,12 +62,11 @@ def test_each_worker_takes_its_slice_of_every_global_batch_and_every_row_is_used
     assert len(worker_rows(order[:950], 100, 0, 2)) == 450  # the short last batch is dropped
 
 
-def test_two_workers_compute_the_one_process_cir_of_the_global_batch_and_its_gradient(tmp_path):
+def test_two_workers_compute_the_one_process_cir_of_the_global_batch_and_its_gradient(tmp_path, graph_mode):
     code, output = msrun(os.path.join(ROOT, "tests", "msrun_cir_worker.py"), tmp_path, cwd=tmp_path)
     assert code == 0, output[-3000:]
     ranks = [np.load(tmp_path / f"rank{rank}.npz") for rank in (0, 1)]
 
-    ms.set_context(mode=ms.GRAPH_MODE)
     user_rep, item_rep, labels = (Tensor(array) for array in msrun_cir_worker.global_batch())
     cir = CIRLoss(msrun_cir_worker.TEMPERATURE)
     loss, (user_grad, item_grad) = ms.value_and_grad(cir, grad_position=(0, 1))(user_rep, item_rep, labels)

@@ -63,11 +63,10 @@ def test_training_loss_decreases_on_learnable_data(trained):
     assert losses[-1] < losses[0]
 
 
-def test_best_checkpoint_is_the_epoch_with_the_best_valid_auc(trained, data_root):
+def test_best_checkpoint_is_the_epoch_with_the_best_valid_auc(trained, data_root, graph_mode):
     metrics = json.loads((trained / "output" / "train_metrics.json").read_text())
     best = max(metrics["epochs"], key=lambda e: e["valid_auc"])
     assert metrics["best_epoch"] == best["epoch"]
-    ms.set_context(mode=ms.GRAPH_MODE)
     net, config, meta = model_from_checkpoint(str(trained / "output" / "IntTower.ckpt"))
     assert meta["epoch"] == best["epoch"]
     valid = get_dataset.load_dataset(config, str(data_root)).valid
@@ -189,7 +188,8 @@ def test_bad_flags_exit_2_with_one_message(tmp_path, flags, named):
     assert result.returncode == 2 and named in result.stderr and "Traceback" not in result.stderr
 
 
-def test_published_metrics_report_the_per_batch_auc_mean_and_the_redrawn_split_auc(trained, data_root):
+def test_published_metrics_report_the_per_batch_auc_mean_and_the_redrawn_split_auc(trained, data_root,
+                                                                                    graph_mode):
     result = run("eval.py", "--ckpt", "output/IntTower.ckpt", "--data-root", data_root, "--predictions",
                  "published.csv", "--published-metrics", "--quiet", cwd=trained)
     table = np.loadtxt(trained / "published.csv", delimiter=",", skiprows=1)
@@ -198,7 +198,6 @@ def test_published_metrics_report_the_per_batch_auc_mean_and_the_redrawn_split_a
     published = json.loads((trained / "output" / "eval_metrics.json").read_text())["published"]
     assert published["batch_mean_auc"] == pytest.approx(batch_mean, abs=1e-6)
     # the published eval.py's test split: seed 2012, not the training seed
-    ms.set_context(mode=ms.GRAPH_MODE)
     net, config, _ = model_from_checkpoint(str(trained / "output" / "IntTower.ckpt"))
     redrawn = get_dataset.load_dataset(Config(**dict(vars(config), seed=2012)), str(data_root)).test
     auc = util.global_metrics(redrawn["label"], ms_util.predict(net, redrawn, input_names(config)))["auc"]
