@@ -41,6 +41,13 @@ def trained(tmp_path_factory, data_root):
     return workdir
 
 
+@pytest.fixture(scope="module")
+def evaluated(trained, data_root):
+    """eval.py on the 3-epoch run with every output asked for: its run (the CSV is preds.csv)."""
+    return run("eval.py", "--ckpt", "output/IntTower.ckpt", "--data-root", data_root, "--predictions", "preds.csv",
+               "--published-metrics", "--quiet", cwd=trained)
+
+
 def checkpoint_arrays(path):
     params, _ = ms_util.load_checkpoint(str(path))
     return {name: param.asnumpy() for name, param in params.items()}
@@ -74,10 +81,8 @@ def test_best_checkpoint_is_the_epoch_with_the_best_valid_auc(trained, data_root
     assert auc == pytest.approx(best["valid_auc"], abs=1e-6)
 
 
-def test_eval_prints_global_auc_that_the_predictions_file_reproduces(trained, data_root):
-    result = run("eval.py", "--ckpt", "output/IntTower.ckpt", "--data-root", data_root, "--predictions", "preds.csv",
-                 "--quiet", cwd=trained)
-    printed = dict(re.findall(r"(test_auc|test_logloss)=([0-9.]+)", result.stdout))
+def test_eval_prints_global_auc_that_the_predictions_file_reproduces(trained, evaluated):
+    printed = dict(re.findall(r"(test_auc|test_logloss)=([0-9.]+)", evaluated.stdout))
     table = np.loadtxt(trained / "preds.csv", delimiter=",", skiprows=1)
     labels, predictions = table[:, 0], table[:, 1]
     assert float(printed["test_auc"]) == pytest.approx(roc_auc_score(labels, predictions), abs=6e-5)
@@ -87,10 +92,8 @@ def test_eval_prints_global_auc_that_the_predictions_file_reproduces(trained, da
     assert "test_auc=" in (trained / "auc.log").read_text().splitlines()[-1]
 
 
-def test_eval_rebuilds_the_training_test_split_from_the_checkpoint_alone(trained, data_root):
-    run("eval.py", "--ckpt", "output/IntTower.ckpt", "--data-root", data_root, "--predictions", "split.csv",
-        "--quiet", cwd=trained)
-    labels = np.loadtxt(trained / "split.csv", delimiter=",", skiprows=1)[:, 0]
+def test_eval_rebuilds_the_training_test_split_from_the_checkpoint_alone(trained, evaluated, data_root):
+    labels = np.loadtxt(trained / "preds.csv", delimiter=",", skiprows=1)[:, 0]
     _, meta = ms_util.load_checkpoint(str(trained / "output" / "IntTower.ckpt"))
     test = get_dataset.load_dataset(Config(**meta["config"]), str(data_root)).test
     np.testing.assert_array_equal(labels, test["label"])
@@ -188,11 +191,9 @@ def test_bad_flags_exit_2_with_one_message(tmp_path, flags, named):
     assert result.returncode == 2 and named in result.stderr and "Traceback" not in result.stderr
 
 
-def test_published_metrics_report_the_per_batch_auc_mean_and_the_redrawn_split_auc(trained, data_root,
+def test_published_metrics_report_the_per_batch_auc_mean_and_the_redrawn_split_auc(trained, evaluated, data_root,
                                                                                     graph_mode):
-    result = run("eval.py", "--ckpt", "output/IntTower.ckpt", "--data-root", data_root, "--predictions",
-                 "published.csv", "--published-metrics", "--quiet", cwd=trained)
-    table = np.loadtxt(trained / "published.csv", delimiter=",", skiprows=1)
+    table = np.loadtxt(trained / "preds.csv", delimiter=",", skiprows=1)
     batches = [table[start:start + 512] for start in range(0, len(table), 512)]
     batch_mean = np.mean([roc_auc_score(b[:, 0], b[:, 1]) for b in batches if 0 < b[:, 0].sum() < len(b)])
     published = json.loads((trained / "output" / "eval_metrics.json").read_text())["published"]
@@ -202,7 +203,7 @@ def test_published_metrics_report_the_per_batch_auc_mean_and_the_redrawn_split_a
     redrawn = get_dataset.load_dataset(Config(**dict(vars(config), seed=2012)), str(data_root)).test
     auc = util.global_metrics(redrawn["label"], ms_util.predict(net, redrawn, input_names(config)))["auc"]
     assert published["redrawn_split_auc"] == pytest.approx(auc, abs=1e-6)
-    assert "published_redrawn_split_batch_mean_auc=" in result.stdout
+    assert "published_redrawn_split_batch_mean_auc=" in evaluated.stdout
 
 
 def test_no_train_mode_trains_as_the_published_code_with_batchnorm_statistics_frozen(tmp_path, data_root, trained):
