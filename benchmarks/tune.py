@@ -1,6 +1,7 @@
 """Tune every Table-2 model on validation, the same way for each: an Optuna search (TPE) over its
-learning rate, dropout keep rate, MLP width and embedding L2 (and IntTower's CIR weight and
-temperature), the same number of trials and the same training budget for every model.
+learning rate, dropout keep rate, MLP width and embedding L2, and the knobs of its own (IntTower's
+CIR weight and temperature, DSSM's and DAT's cosine scale, DAT's mimic weight, DCN's cross layers,
+AutoInt's attention layers), the same number of trials and the same training budget for every model.
 
 python benchmarks/tune.py [--dataset ml-1m] [--models two_tower dcn ...] [--trials 12]
                           [--storage runs/tune/optuna.db] [--json benchmarks/tuned_ml1m.json]
@@ -57,6 +58,14 @@ def suggest(trial, model):
     if model == "inttower":
         flags += ["--cir-weight", str(trial.suggest_float("cir_weight", 0.0, 3.0)),
                   "--cir-temperature", str(trial.suggest_float("cir_temperature", 0.02, 1.0, log=True))]
+    if model in ("dssm", "dat"):  # gamma 1 caps the logit at +-1 (model_config.py)
+        flags += ["--dssm-gamma", str(trial.suggest_float("dssm_gamma", 1.0, 50.0, log=True))]
+    if model == "dat":
+        flags += ["--dat-mimic-weight", str(trial.suggest_float("dat_mimic_weight", 0.01, 3.0, log=True))]
+    if model == "dcn":
+        flags += ["--dcn-cross-num", str(trial.suggest_int("dcn_cross_num", 1, 4))]
+    if model == "autoint":
+        flags += ["--autoint-layers", str(trial.suggest_int("autoint_layers", 1, 3))]
     return flags
 
 
