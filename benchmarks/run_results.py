@@ -83,9 +83,9 @@ GROUPS = {
 }
 
 
-def tuned_rows(dataset):
-    """The tuned group: every model benchmarks/tune.py has chosen settings for, trained to convergence."""
-    path = os.path.join(ROOT, "benchmarks", f"tuned_{dataset.replace('-', '')}.json")
+def tuned_rows(dataset, path):
+    """The tuned group: every model benchmarks/tune.py has chosen settings for (in `path`), trained to
+    convergence."""
     if not os.path.isfile(path):
         raise SystemExit(f"no {path}: run benchmarks/tune.py --dataset {dataset} first")
     with open(path) as f:
@@ -103,8 +103,10 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="default 1 2 3")
     parser.add_argument("--runs-dir", help="where runs go (default runs/<dataset>)")
     parser.add_argument("--json", help="write every run here (default benchmarks/results_<dataset>.json)")
+    parser.add_argument("--tuned", help="the tuned group's settings (default benchmarks/tuned_<dataset>.json)")
     parser.add_argument("--report", action="store_true",
-                        help="train nothing: print the tables of the runs --json records (rows with fewer seeds say so)")
+                        help="train nothing: print the tables of the runs --json records (a row with fewer seeds "
+                             "says so)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="flags added to every train.py run (e.g. --epochs 50 --patience 3), and to the run "
                              "folders' names")
@@ -169,7 +171,8 @@ def main(argv=None):
     tables = []
     for group in args.groups:
         rows = []
-        for name, flags in (tuned_rows(args.dataset) if group == "tuned" else GROUPS[group]):
+        tuned = args.tuned or os.path.join(ROOT, "benchmarks", f"tuned_{args.dataset.replace('-', '')}.json")
+        for name, flags in (tuned_rows(args.dataset, tuned) if group == "tuned" else GROUPS[group]):
             flags = flags + args.extra
             results = []
             for seed in args.seeds:
