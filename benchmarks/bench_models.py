@@ -37,7 +37,7 @@ import train  # noqa: E402
 import ms_util  # noqa: E402
 import util  # noqa: E402
 from baselines import CrossLayer, FMInteraction, InteractingLayer  # noqa: E402
-from bench_prerank import latency, ml1m_shaped_schema, random_features  # noqa: E402
+from bench_prerank import cpu_name, latency, ml1m_shaped_schema, random_features  # noqa: E402
 from bench_train import time_steps  # noqa: E402
 from model import MethodCell  # noqa: E402
 from features import input_names, item_input_names, user_input_names  # noqa: E402
@@ -64,12 +64,6 @@ def parse_args(argv=None):
     parser.add_argument("--png", default=os.path.join(ROOT, "benchmarks", "auc_vs_latency.png"),
                         help="--plot: the picture (default benchmarks/auc_vs_latency.png)")
     return parser.parse_args(argv)
-
-
-def cpu_name():
-    with open("/proc/cpuinfo") as f:
-        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    return f"{len(names)} x {names[0]}" if names else f"{os.cpu_count()} CPUs"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import mindspore as ms  # noqa: E402
+import numpy as np  # noqa: E402
 from mindspore import nn  # noqa: E402
 
 import get_dataset  # noqa: E402
@@ -30,21 +31,33 @@ import ms_util  # noqa: E402
 from features import input_names  # noqa: E402
 from model import IntTower  # noqa: E402
 from model_config import Config  # noqa: E402
+from bench_prerank import cpu_name  # noqa: E402
 from train import build  # noqa: E402
 
-GEMM_PEAK_GFLOPS = 200  # fp32 numpy/OpenBLAS GEMM peak measured on this 2-core machine
+
+
+def gemm_gflops(size=2048, repeats=5):
+    """This machine's fp32 GEMM rate through numpy (OpenBLAS), the best of a few runs: the ceiling
+    the train step's matmuls are held against."""
+    a = np.ones((size, size), np.float32)
+    best = min(timed(lambda: a @ a) for _ in range(repeats))
+    return 2 * size ** 3 / best / 1e9
+
+
+def timed(function):
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
 
 
 def train_flops_per_sample(net: IntTower, config: Config) -> float:
-    """Forward FLOPs (2 x multiply-adds of every Dense and of MaxSim), x3 for forward+backward,
-    plus the in-batch CIR similarity matrix (forward matmul and its two backward matmuls)."""
+    """IntTower's forward FLOPs (2 x multiply-adds of every Dense and of MaxSim), x3 for
+    forward+backward, plus the in-batch CIR similarity matrix (forward matmul and its two backward
+    matmuls)."""
     dense = sum(2 * cell.in_channels * cell.out_channels for _, cell in net.cells_and_names()
                 if isinstance(cell, nn.Dense))
-    if config.model == "two_tower":
-        maxsim = 2 * config.mlp_layers[-1]
-    else:
-        user_heads = len(net.user_fe) * config.head_num
-        maxsim = 2 * user_heads * config.head_num * (config.feblock_size // config.head_num)
+    user_heads = len(net.user_fe) * config.head_num
+    maxsim = 2 * user_heads * config.head_num * (config.feblock_size // config.head_num)
     cir = 3 * 2 * config.batch_size * config.mlp_layers[-1] if net.cir_weight > 0 else 0
     return 3 * (dense + maxsim) + cir
 
@@ -101,6 +114,7 @@ def main():
     pynative_step = time_steps(eager_step, batches, max(args.steps // 4, 5))
 
     flops = train_flops_per_sample(net, config)
+    peak = gemm_gflops()
     last = metrics["epochs"][-1]
     rows_out = [
         ("(a) train.py loop, last epoch", f"{last['samples_per_s']:,.0f}",
@@ -109,11 +123,12 @@ def main():
          f"{last['valid_seconds']:.2f} s for {len(data.valid['label'])} rows"),
         ("(a) train.py peak RSS", "", f"{peak_rss_mb:,.0f} MB"),
         ("(b) bare compiled train step", f"{graph_step:,.0f}",
-         f"{flops * graph_step / 1e9:.1f} GFLOP/s of a {GEMM_PEAK_GFLOPS} GFLOP/s GEMM peak; "
+         f"{flops * graph_step / 1e9:.1f} GFLOP/s, numpy's fp32 GEMM here {peak:.0f} GFLOP/s; "
          f"(a) reaches {100 * last['samples_per_s'] / graph_step:.0f}% of it"),
         ("(c) PyNative step by step", f"{pynative_step:,.0f}", f"{graph_step / pynative_step:.1f}x slower than (b)"),
         ("(e) whole-split inference (valid+test)", f"{inference:,.0f}", f"{rows} rows"),
     ]
+    print(f"{cpu_name()}; mindspore {ms.__version__}; load average {os.getloadavg()[0]:.2f}")
     print(f"training FLOPs per sample: {flops / 1e6:.2f} M (batch {batch}); epochs of (a): "
           + ", ".join(f"{e['samples_per_s']:,.0f}" for e in metrics["epochs"]) + " samples/s")
     print("| measurement | samples/s | notes |\n| --- | --- | --- |")
