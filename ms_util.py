@@ -15,11 +15,12 @@ PROJECT_VERSION = "0.2.0"
 EVAL_BATCH_SIZE = 8192
 
 
-def setup(device_target: str = "CPU", pynative: bool = False, one_thread: bool = False) -> None:
-    """Device and execution mode; one_thread for bit-identical runs (with more than one CPU thread
-    dropout masks differ run to run). threads_num must precede any op."""
-    if one_thread:
-        ms.device_context.cpu.op_tuning.threads_num(1)
+def setup(device_target: str = "CPU", pynative: bool = False, threads: int = None) -> None:
+    """Device and execution mode; `threads` CPU threads for the ops (default: every core). One thread
+    gives bit-identical runs: with more, dropout masks differ run to run. threads_num must precede
+    any op."""
+    if threads:
+        ms.device_context.cpu.op_tuning.threads_num(threads)
     ms.set_device(device_target)
     ms.set_context(mode=ms.PYNATIVE_MODE if pynative else ms.GRAPH_MODE)
 

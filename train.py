@@ -69,6 +69,8 @@ def parse_args(argv=None):
     g.add_argument("--deterministic", action="store_true",
                    help="identical weights for identical runs: one CPU thread and dropout reseeded per epoch "
                         "(slower: see README)")
+    g.add_argument("--threads", type=model_config.positive(int),
+                   help="CPU threads for MindSpore's ops (default: every core; --deterministic uses one)")
     g.add_argument("--device-target", choices=["CPU", "GPU", "Ascend"], default="CPU", help="default CPU")
     g.add_argument("--pynative", action="store_true", help="run eagerly (PyNative) for debugging; slow")
     return parser.parse_args(argv)
@@ -116,12 +118,14 @@ def main(argv=None):
     if distributed.under_msrun() and (args.pynative or args.deterministic):
         raise util.UsageError("--pynative and --deterministic are for one process: drop them under msrun "
                               "(PyNative gave wrong data-parallel gradients here; --deterministic needs one thread)")
+    if args.deterministic and args.threads not in (None, 1):
+        raise util.UsageError("--deterministic runs on one CPU thread: drop --threads")
     config, resumed = resolve_config(args)
     if config.batch_size % distributed.worker_count():
         raise util.UsageError(f"--batch-size {config.batch_size} is the global batch: it must be a multiple of the "
                               f"{distributed.worker_count()} workers")
     ctrl_c = util.ctrl_c_event()  # before any MindSpore thread starts, so that none of them takes SIGINT
-    ms_util.setup(args.device_target, args.pynative, one_thread=args.deterministic)
+    ms_util.setup(args.device_target, args.pynative, threads=1 if args.deterministic else args.threads)
     workers = distributed.Workers()
     util.set_quiet(args.quiet or not workers.main)  # the main worker speaks for all
 
