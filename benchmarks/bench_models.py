@@ -228,7 +228,7 @@ def plot(report, results, png_path):
         ax.errorbar(latencies[model], mean, yerr=std, fmt="o", color=color, capsize=3)
         ax.annotate(LABELS[model], (latencies[model], mean), textcoords="offset points", xytext=(6, 4), fontsize=9)
     ax.plot([], [], "o", color="tab:blue", label="tower models: user tower + cached item vectors")
-    ax.plot([], [], "o", color="tab:orange", label="ranking models: full network over every pair")
+    ax.plot([], [], "o", color="tab:orange", label="COLD and the ranking models: full network over every pair")
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))

@@ -10,8 +10,8 @@ JSON is rewritten after every run, so that no finished run is lost. Prints one m
 group (test AUC and logloss, mean +- std over the seeds, and the best epoch).
 """
 import argparse
-import glob
 import concurrent.futures
+import glob
 import json
 import os
 import subprocess
