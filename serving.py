@@ -17,33 +17,54 @@ ONNX_OPSET = 17
 _scratch = threading.local()
 
 
-def scratch(rows, columns):
-    """A [rows, columns] float32 buffer of this thread's, reused across requests: a fresh array as
-    large as the similarities costs page faults on every request (README, Speed)."""
-    buffer = getattr(_scratch, "buffer", None)
+def scratch(name, rows, columns):
+    """A [rows, columns] float32 buffer of this thread's, kept under `name` and reused across
+    requests: a fresh array as large as the similarities costs page faults on every request
+    (README, Speed)."""
+    buffers = _scratch.__dict__
+    buffer = buffers.get(name)
     if buffer is None or buffer.size < rows * columns:
-        buffer = _scratch.buffer = np.empty(rows * columns, np.float32)
+        buffer = buffers[name] = np.empty(rows * columns, np.float32)
     return buffer[:rows * columns].reshape(rows, columns)
 
 
-def numpy_scores(user_heads, item_heads_by_head, bias):
-    """One user's heads [U, d] against N items' heads laid out item-head first, [V, N, d] (the
-    index transposed once when it is loaded) -> N probabilities. One [V*N, d] x [d, U'] matmul into
-    a reused buffer, an elementwise max over the V contiguous [N, U'] blocks, a sum over the heads.
-    More than 8 user heads are padded with zero heads to a multiple of 16, the width OpenBLAS's
-    kernels work in: a zero head's best dot product is 0, so the sum is unchanged."""
-    heads, n, dim = item_heads_by_head.shape
-    user_num = user_heads.shape[0]
-    width = user_num if user_num <= 8 else -(-user_num // 16) * 16
-    padded = np.zeros((width, dim), np.float32)
-    padded[:user_num] = user_heads
-    similarity = scratch(heads * n, width)
-    np.matmul(item_heads_by_head.reshape(heads * n, dim), padded.T, out=similarity)
-    blocks = similarity.reshape(heads, n, width)
+def maxsim_logits(user_heads, item_heads_by_head):
+    """The MaxSim logit (without the bias) of every (user, item): user heads [B, U, d] against items'
+    heads laid out item-head first, [V, N, d] (the index transposed once when it is loaded) ->
+    [B, N]. One [V*N, d] x [d, B*U] matmul into a reused buffer, an elementwise maximum over its V
+    contiguous [N, B*U] blocks, then the sum over each user's heads as one matmul with a 0/1
+    [B*U, B] matrix (numpy reduces a short axis several times slower). More than 8 query columns
+    are padded with zero columns to a multiple of 16, the width OpenBLAS's kernels work in; padding
+    belongs to no user."""
+    users, user_num, dim = user_heads.shape
+    heads, n, _ = item_heads_by_head.shape
+    columns = users * user_num
+    width = columns if columns <= 8 else -(-columns // 16) * 16
+    queries = np.zeros((width, dim), np.float32)
+    queries[:columns] = user_heads.reshape(columns, dim)
+    blocks = scratch("similarity", heads * n, width).reshape(heads, n, width)
+    if item_heads_by_head.flags.c_contiguous:
+        np.matmul(item_heads_by_head.reshape(heads * n, dim), queries.T, out=blocks.reshape(heads * n, width))
+    else:  # a slice of the items (retrieval.exact_top_k's blocks): one matmul per head, no copy
+        for head in range(heads):
+            np.matmul(item_heads_by_head[head], queries.T, out=blocks[head])
     best = blocks[0]
     for block in blocks[1:]:
         np.maximum(best, block, out=best)
-    logits = best @ np.ones(width, np.float32) + np.float32(bias)
+    owner = np.zeros((width, users), np.float32)
+    owner[np.arange(columns), np.arange(columns) // user_num] = 1
+    return (best @ owner).T
+
+
+def by_head(item_heads):
+    """Items' heads [N, V, d], as export.py's item index stores them, laid out item-head first [V, N, d]
+    for maxsim_logits: done once, when the index is loaded."""
+    return np.ascontiguousarray(np.swapaxes(item_heads, 0, 1))
+
+
+def numpy_scores(user_heads, item_heads_by_head, bias):
+    """One user's heads [U, d] against N items' heads [V, N, d] -> N probabilities."""
+    logits = maxsim_logits(user_heads[None], item_heads_by_head)[0] + np.float32(bias)
     return 1.0 / (1.0 + np.exp(-logits))
 
 

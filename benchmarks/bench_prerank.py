@@ -40,7 +40,7 @@ from features import input_names, item_input_names, user_input_names  # noqa: E4
 from model import IntTower, MethodCell  # noqa: E402
 from model_config import Config  # noqa: E402
 from networks import model_from_checkpoint  # noqa: E402
-from serving import numpy_scores  # noqa: E402
+from serving import by_head, numpy_scores  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -134,7 +134,7 @@ def main(argv=None):
             candidates, item_names, 0, n)
         cached = np.ascontiguousarray(cache[:n])
         cached_tensor = Tensor(cached)
-        cached_by_head = np.ascontiguousarray(cached.transpose(1, 0, 2))  # as a loaded index holds it for numpy
+        cached_by_head = by_head(cached)  # as a loaded index holds it for numpy
 
         engines = {
             "(a) full model, MindIR": lambda: full(*full_inputs).asnumpy(),

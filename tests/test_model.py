@@ -12,7 +12,7 @@ from features import input_names
 from model import IntTower, MethodCell
 from module import BatchNorm, CIRLoss, LightSE, maxsim_candidates, maxsim_score, mean_over_last
 from networks import TOWER_MODELS, build_network, inference_copy
-from serving import numpy_scores
+from serving import by_head, numpy_scores
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -432,6 +432,6 @@ def test_the_numpy_scorer_computes_what_the_mindspore_scorer_computes(user_heads
     rng = np.random.default_rng(3)
     users, items = rng.normal(size=(user_heads, 8)).astype(np.float32), rng.normal(size=(50, 4, 8)).astype(np.float32)
     expected = ops.sigmoid(maxsim_candidates(Tensor(users), Tensor(items)) + 0.3).asnumpy()
-    by_head = np.ascontiguousarray(items.transpose(1, 0, 2))
-    np.testing.assert_allclose(numpy_scores(users, by_head, 0.3), expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(numpy_scores(users, by_head[:, :7], 0.3), expected[:7], rtol=1e-5, atol=1e-6)
+    by_head_items = by_head(items)
+    np.testing.assert_allclose(numpy_scores(users, by_head_items, 0.3), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(numpy_scores(users, by_head_items[:, :7], 0.3), expected[:7], rtol=1e-5, atol=1e-6)
