@@ -185,7 +185,8 @@ def test_eval_refuses_a_checkpoint_that_does_not_match_the_code_or_the_data(trai
 
 @pytest.mark.parametrize("flags, named", [
     (["--lr", "-1"], "--lr"), (["--feblock-size", "10"], "--feblock-size"), (["--keep-rate", "1.5"], "--keep-rate"),
-    (["--cir-temperature", "0.01"], "--cir-temperature"), (["--resume"], "nothing to resume")])
+    (["--cir-temperature", "0.01"], "--cir-temperature"), (["--resume"], "nothing to resume"),
+    (["--deterministic", "--threads", "2"], "--threads"), (["--threads", "0"], "--threads")])
 def test_bad_flags_exit_2_with_one_message(tmp_path, flags, named):
     result = run("train.py", "--dataset", "synthetic", *flags, cwd=tmp_path, check=False)
     assert result.returncode == 2 and named in result.stderr and "Traceback" not in result.stderr
