@@ -4,10 +4,11 @@ python benchmarks/run_results.py [--dataset ml-1m] [--groups models protocols ..
                                  [--runs-dir runs/ml-1m] [--json benchmarks/results_ml1m.json]
 
 Each (row, seed) is `python train.py --dataset D --seed S --out-dir RUN FLAGS` then
-`python eval.py --out-dir RUN --published-metrics`, run as a user runs them. A run whose
-eval_metrics.json exists is reused, so an interrupted rerun continues where it stopped, and the
-JSON is rewritten after every run, so that no finished run is lost. Prints one markdown table per
-group (test AUC and logloss, mean +- std over the seeds, and the best epoch).
+`python eval.py --out-dir RUN --published-metrics`, run as a user runs them. A run the JSON records,
+or whose eval_metrics.json exists, is not run again (delete the JSON to rerun everything), an
+interrupted training resumes from its -last checkpoint, and the JSON is rewritten after every run,
+so that no finished run is lost. Prints one markdown table per group (test AUC and logloss, mean
++- std over the seeds, and the best epoch).
 """
 import argparse
 import concurrent.futures
@@ -187,7 +188,8 @@ def main(argv=None):
         for group, rows in tables:
             for name, flags in rows:
                 for seed in args.seeds:
-                    pending.setdefault((tuple(flags), seed), (group, name))
+                    if (tuple(flags), seed) not in runs:  # the JSON's runs are done, their folders or not
+                        pending.setdefault((tuple(flags), seed), (group, name))
         lock = threading.Lock()
 
         def run(key):

@@ -1,7 +1,8 @@
 """benchmarks/run_results.py: every (row, seed) trained and evaluated once, recorded in the JSON,
-run two at a time with --jobs 2, and reused on a rerun."""
+run two at a time with --jobs 2, and not run again once the JSON records it."""
 import json
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
@@ -29,3 +30,7 @@ def test_two_runs_at_a_time_are_recorded_once_each_and_reused(tmp_path, monkeypa
     table = capsys.readouterr().out
     assert "| IntTower |" in table and "| Two-Tower |" in table
     assert json_path.stat().st_mtime_ns == mtime  # --report trains and writes nothing
+
+    shutil.rmtree(tmp_path / "runs")
+    run_results.main(argv)  # the JSON records both runs: nothing is trained again
+    assert not (tmp_path / "runs").exists() and json.loads(json_path.read_text())["runs"] == runs
