@@ -112,7 +112,7 @@ def main(argv=None):
     # heartbeats mark the trial of an interrupted search failed, and the callback queues it again
     storage = optuna.storages.RDBStorage(f"sqlite:///{os.path.abspath(args.storage)}", heartbeat_interval=60,
                                          grace_period=180,
-                                         heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+                                         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
     chosen = {}
     if os.path.isfile(json_path):
         with open(json_path) as f:
