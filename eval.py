@@ -35,20 +35,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_matching_dataset(meta: dict, config, args):
-    """The checkpoint's own dataset and splits; refuses data that differs from what it was trained on."""
-    data_root = args.data_root
-    data = get_dataset.load_dataset(config, data_root, download=args.download, use_cache=not args.no_cache,
-                                    source=args.source)
-    trained, found = meta["schema"], data.schema
-    for key in ("vocab", "data_hash", "rows"):
-        if trained.get(key) != found.get(key):
-            raise util.UsageError(f"the {config.dataset} data under {data_root} is not the data the checkpoint was "
-                                  f"trained on ({key}: checkpoint {trained.get(key)}, data {found.get(key)}); "
-                                  "point --data-root at the original files or retrain")
-    return data
-
-
 # The published eval.py seeds its split with 2012 while train.py used 3047 (and its split takes the
 # global RNG), so the rows it tests on are a fresh random 20% of the data, mostly seen in training.
 PUBLISHED_EVAL_SEED = 2012
@@ -89,7 +75,7 @@ def main(argv=None):
     ms_util.setup(args.device_target)
     ckpt = args.ckpt or run_checkpoint(args.out_dir)
     net, config, meta = model_from_checkpoint(ckpt)
-    test = load_matching_dataset(meta, config, args).test
+    test = get_dataset.load_matching_dataset(meta, config, args).test
     metrics = ms_util.evaluate(net, test, input_names(config))
     predictions = metrics["predictions"]
     print(f"test_auc={metrics['auc']:.4f} test_logloss={metrics['logloss']:.4f}")

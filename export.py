@@ -25,7 +25,6 @@ import get_dataset
 import ms_util
 import serving
 import util
-from eval import load_matching_dataset
 from features import BY_NAME, input_names, item_input_names, user_input_names
 from model import MethodCell
 from networks import TOWER_MODELS, inference_copy, model_from_checkpoint, run_checkpoint
@@ -264,7 +263,7 @@ def main(argv=None):
         raise util.UsageError(f"--serving: {config.model} needs the user and the item together, so it cannot cache "
                               f"item vectors; export it without --serving (the tower models "
                               f"{', '.join(TOWER_MODELS)} can be served split)")
-    data = load_matching_dataset(meta, config, args) if args.verify or args.serving else None
+    data = get_dataset.load_matching_dataset(meta, config, args) if args.verify or args.serving else None
 
     extension = EXTENSIONS[args.file_format]
     name = args.file_name or os.path.splitext(ckpt)[0]

@@ -336,6 +336,20 @@ def load_dataset(config, data_root="data", download=False, use_cache=True, sourc
     return ds
 
 
+def load_matching_dataset(meta: dict, config, args):
+    """The checkpoint's own dataset and splits; refuses data that differs from what it was trained on."""
+    data_root = args.data_root
+    data = load_dataset(config, data_root, download=args.download, use_cache=not args.no_cache,
+                                    source=args.source)
+    trained, found = meta["schema"], data.schema
+    for key in ("vocab", "data_hash", "rows"):
+        if trained.get(key) != found.get(key):
+            raise util.UsageError(f"the {config.dataset} data under {data_root} is not the data the checkpoint was "
+                                  f"trained on ({key}: checkpoint {trained.get(key)}, data {found.get(key)}); "
+                                  "point --data-root at the original files or retrain")
+    return data
+
+
 def add_data_args(parser):
     g = parser.add_argument_group("data files")
     g.add_argument("--data-root", default="data", help="folder holding ml-1m/, ml-100k/, movielens.txt, "

@@ -28,10 +28,9 @@ import get_dataset
 import ms_util
 import retrieval
 import util
-from serving import by_head
-from eval import load_matching_dataset
 from features import user_input_names
 from networks import TOWER_MODELS, model_from_checkpoint, run_checkpoint
+from serving import by_head
 
 INDEX_KEYS = ("item_heads", "movie_id", "raw_movie_id", "title", "bias")
 
@@ -108,7 +107,7 @@ def main(argv=None):
     name = args.file_name or os.path.splitext(ckpt)[0]
     user_tower, index = load_serving_files(name, ckpt, meta, net.bias.asnumpy())
 
-    data = load_matching_dataset(meta, config, args)
+    data = get_dataset.load_matching_dataset(meta, config, args)
     items, users = data.items, data.users
     if not (np.array_equal(index["movie_id"], items["movie_id"])
             and np.array_equal(index["raw_movie_id"], items["raw_movie_id"])):

@@ -40,7 +40,6 @@ import get_dataset  # noqa: E402
 import ms_util  # noqa: E402
 import retrieval  # noqa: E402
 import util  # noqa: E402
-from eval import load_matching_dataset  # noqa: E402
 from features import item_input_names, user_input_names  # noqa: E402
 from model import MethodCell  # noqa: E402
 from networks import model_from_checkpoint, run_checkpoint  # noqa: E402
@@ -215,7 +214,7 @@ def main(argv=None):
     threadpool_limits(args.threads, user_api="blas")
     ckpt = args.ckpt or run_checkpoint(args.out_dir)
     net, config, meta = model_from_checkpoint(ckpt)
-    data = load_matching_dataset(meta, config, args)
+    data = get_dataset.load_matching_dataset(meta, config, args)
     rng = np.random.default_rng(0)
     sampled_users = np.sort(rng.permutation(len(data.users["user_id"]))[:args.users])
     sample = {name: values[sampled_users] for name, values in data.users.items()}

@@ -36,7 +36,6 @@ import get_dataset  # noqa: E402
 import ms_util  # noqa: E402
 import retrieval  # noqa: E402
 import util  # noqa: E402
-from eval import load_matching_dataset  # noqa: E402
 from features import input_names, item_input_names, user_input_names  # noqa: E402
 from model import MethodCell  # noqa: E402
 from networks import checkpoint_names, model_from_checkpoint  # noqa: E402
@@ -130,7 +129,7 @@ def tower_rankings(net, config, users, items, exclude, k):
 def measure_seed(args, seed):
     """{ranking: {metric: value}} and the seed's counts."""
     dcn, dcn_config, meta = load_run(args, RANKER, seed)
-    data = load_matching_dataset(meta, dcn_config, args)
+    data = get_dataset.load_matching_dataset(meta, dcn_config, args)
     test_users = np.unique(data.test["user_id"][data.test["user_id"] > 0])
     users = {name: values[test_users - 1] for name, values in data.users.items()}  # users table row = id - 1
     items = data.items
