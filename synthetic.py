@@ -38,8 +38,7 @@ def make_synthetic(folder, seed, scale):
     start = time.time()
     try:
         generate_synthetic(work, seed, scale)
-        shutil.rmtree(folder, ignore_errors=True)  # an incomplete earlier folder: it is ours, regenerate
-        os.rename(work, folder)
+        util.rename_folder_into_place(work, folder)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     util.log(f"generated synthetic ML-1M (seed {seed}, scale {scale:g}) in {time.time() - start:.1f} s into {folder}")

@@ -67,6 +67,17 @@ def progress(iterable=None, **kwargs):
     return tqdm(iterable, disable=quiet, file=sys.stderr, dynamic_ncols=True, **kwargs)
 
 
+def rename_folder_into_place(work: str, folder: str) -> None:
+    """Rename a folder made under a temporary name into place. If another process put the folder
+    there meanwhile (two runs fetching or generating the same data at once), keep theirs: the
+    contents are the same."""
+    try:
+        os.rename(work, folder)
+    except OSError:
+        if not os.path.isdir(folder):
+            raise
+
+
 def atomic_write(path: str, write) -> None:
     """Call write(tmp_path), then rename tmp_path to path, so a crash never leaves a half file."""
     directory = os.path.dirname(os.path.abspath(path))

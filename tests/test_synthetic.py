@@ -51,3 +51,24 @@ def test_synthetic_files_are_generated_once_per_seed_and_scale(tmp_path):
     assert (folder / "ratings.dat").stat().st_mtime_ns == stamp
     load(tmp_path, dataset="synthetic", synthetic_scale=0.01, seed=1)
     assert sorted(p.name for p in (tmp_path / "synthetic").iterdir()) == ["seed1-scale0.01", "seed3047-scale0.01"]
+
+
+def test_a_run_that_generates_the_same_set_as_another_keeps_the_others(tmp_path, monkeypatch):
+    # two runs (run_results --jobs 2) both found no synthetic set; the other one puts its folder in
+    # place while this one generates: this one keeps theirs (which they may be reading) and leaves no
+    # temporary folder behind
+    folder = tmp_path / "synthetic" / "seed5-scale0.01"
+    generate = synthetic.generate_synthetic
+
+    def generate_while_the_other_run_finishes(work, seed, scale):
+        generate(work, seed, scale)
+        generate(str(tmp_path / "other"), seed, scale)
+        (tmp_path / "other" / "the other run's").write_text("")
+        (tmp_path / "other").rename(folder)
+
+    (tmp_path / "other").mkdir()
+    monkeypatch.setattr(synthetic, "generate_synthetic", generate_while_the_other_run_finishes)
+    synthetic.make_synthetic(str(folder), seed=5, scale=0.01)
+    assert (folder / "the other run's").exists()
+    assert all((folder / f).is_file() for f in readers.ML1M_FILES)
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
