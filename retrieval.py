@@ -20,7 +20,7 @@ the checkpoint's network).
 import faiss
 import numpy as np
 
-from serving import by_head, maxsim_logits
+from serving import maxsim_logits
 
 # exact_top_k's blocks: this many items at a time, and as many users as keep the similarities of a
 # block (user heads x item heads) within BLOCK_FLOATS float32 values
@@ -114,7 +114,9 @@ class HeadIndex:
 
     def __init__(self, item_heads, kind="auto", lists=None, probes=None, seed=0):
         items, self.heads_per_item, dim = item_heads.shape
-        self.item_heads_by_head = by_head(item_heads)  # for the exact rescoring
+        # the exact rescoring gathers its candidates' rows from the caller's array: no copy of the
+        # catalogue's heads beside the one faiss keeps
+        self.item_heads = item_heads
         vectors = np.ascontiguousarray(item_heads.reshape(items * self.heads_per_item, dim), dtype=np.float32)
         if kind == "auto":
             kind = "flat" if len(vectors) < INDEX_MIN_VECTORS else IVF_KIND
@@ -176,7 +178,7 @@ class HeadIndex:
         for user, found in enumerate(self.candidates(user_heads, neighbours)):
             if exclude is not None:
                 found = found[~np.isin(found, exclude[user])]
-            found_logits = maxsim_logits(user_heads[user:user + 1], self.item_heads_by_head[:, found])
+            found_logits = maxsim_logits(user_heads[user:user + 1], np.swapaxes(self.item_heads[found], 0, 1))
             best_rows, best_logits = top_k_of(found_logits, found[None], k)
             rows[user, :best_rows.shape[1]], logits[user, :best_rows.shape[1]] = best_rows[0], best_logits[0]
         return rows, logits

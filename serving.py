@@ -45,7 +45,7 @@ def maxsim_logits(user_heads, item_heads_by_head):
     blocks = scratch("similarity", heads * n, width).reshape(heads, n, width)
     if item_heads_by_head.flags.c_contiguous:
         np.matmul(item_heads_by_head.reshape(heads * n, dim), queries.T, out=blocks.reshape(heads * n, width))
-    else:  # a slice of the items (retrieval.exact_top_k's blocks): one matmul per head, no copy
+    else:  # a view of the items (retrieval.py's blocks and rescored candidates): one matmul per head, no copy
         for head in range(heads):
             np.matmul(item_heads_by_head[head], queries.T, out=blocks[head])
     best = blocks[0]

@@ -75,6 +75,13 @@ def test_faiss_union_and_rerank_is_exact_when_neighbours_cover_the_catalogue(kin
     np.testing.assert_allclose(logits, exact_logits, rtol=1e-5)
 
 
+def test_the_head_index_keeps_no_copy_of_the_catalogue_heads_beside_faiss():
+    _, item_heads = random_heads(users=1, items=50)
+    index = retrieval.HeadIndex(item_heads, "flat")
+    held = [value for value in vars(index).values() if isinstance(value, np.ndarray)]
+    assert all(np.shares_memory(value, item_heads) for value in held)
+
+
 def test_each_user_head_reaches_the_item_owning_its_nearest_head():
     # item i's head h points along axis 2i + h: a user head along axis 2 * 7 + 1 is nearest to item 7
     item_heads = np.eye(20, dtype=np.float32).reshape(10, 2, 20)
