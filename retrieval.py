@@ -7,9 +7,9 @@ A tower model scores (user, item) as sigmoid(sum over user heads of max over ite
   heads laid out item-head first, serving.by_head), in blocks of users x items (memory bounded), a
   running top K per user, each user's excluded items (their training items) left out.
 - HeadIndex: every item head in a faiss inner-product index, its id the head's position in the
-  [N * V] rows of the item heads, so id // V is the item's row. Each user head asks for its k'
-  nearest item heads, the union of their items is rescored with the exact MaxSim, the top K
-  returned. A flat index searches each head exactly; IVF and HNSW approximately, for large
+  [N * V] rows of the item heads, so id // V is the item's row. A user's heads ask for k' nearest
+  item heads each on average, the budget shared out in proportion to their norms, the union of
+  their items is rescored with the exact MaxSim, the top K returned. A flat index searches each head exactly; IVF and HNSW approximately, for large
   catalogues.
 - recall_at_k / ndcg_at_k: of each user's relevant items (positive test items, or another
   ranking's top items), per user.
@@ -29,13 +29,14 @@ BLOCK_FLOATS = 1 << 24
 # The index settings, chosen with benchmarks/bench_retrieval.py (README, Retrieval). Below
 # INDEX_MIN_VECTORS item heads an exact scan is faster than an index search (the crossover lies
 # between the catalogue sizes measured): HeadIndex "auto" builds a flat index there (an exact search
-# per head) and IVF_KIND above, and retrieve.py scans exactly there. Each user head asks for its
-# NEIGHBOURS (k') nearest item heads; IVF searches IVF_PROBES lists per head: the fastest setting
-# measured that keeps 0.95 of the exact top 100 at 1,000,000 items.
+# per head) and IVF_KIND above, and retrieve.py scans exactly there. A user head asks for NEIGHBOURS
+# (k') nearest item heads and IVF searches IVF_PROBES lists for it, on average over the user's heads
+# (HeadIndex.candidates shares both out by head norm): the fastest setting measured that keeps 0.95
+# of the exact top 100 at 1,000,000 items.
 INDEX_MIN_VECTORS = 50_000
-NEIGHBOURS = 800
+NEIGHBOURS = 400
 IVF_KIND = "ivf_sq8"
-IVF_PROBES = 32  # nprobe
+IVF_PROBES = 24  # nprobe
 IVF_TRAIN_PER_LIST = 40  # k-means training vectors per list (faiss warns below 39)
 HNSW_LINKS = 32  # HNSW's M: links per vector
 HNSW_EF_CONSTRUCTION = 80
@@ -44,6 +45,14 @@ HNSW_EF_CONSTRUCTION = 80
 def ivf_lists(vectors):
     """IVF's default list count: sqrt(vectors) rounded to a power of two."""
     return 2 ** max(0, round(np.log2(np.sqrt(vectors))))
+
+
+def share_out(total, weights):
+    """`total` as whole numbers in proportion to `weights` (largest remainders), summing to `total`."""
+    exact = total * weights / weights.sum()
+    whole = np.floor(exact).astype(np.int64)
+    whole[np.argsort(whole - exact, kind="stable")[:total - whole.sum()]] += 1
+    return whole
 
 
 def probability(logits, bias):
@@ -106,7 +115,8 @@ class HeadIndex:
     ivf_lists), `probes` of them searched per query (nprobe, default IVF_PROBES); "ivf_sq8": the
     same with each vector stored in 8 bits per dimension (IndexIVFScalarQuantizer: a quarter of the
     memory traffic; the candidates are rescored with the float heads anyway); "hnsw":
-    IndexHNSWFlat, HNSW_LINKS links per vector, `probes` = efSearch, on L2 after the usual reduction
+    IndexHNSWFlat, HNSW_LINKS links per vector, `probes` = efSearch (default: a head's k'), on L2
+    after the usual reduction
     of inner product search to it (HNSW's graph assumes a metric): each item head gets an extra
     coordinate sqrt(M^2 - |v|^2), M the largest norm, each query a 0, so that |q - v|^2 =
     |q|^2 + M^2 - 2 <q, v>. "auto": flat below INDEX_MIN_VECTORS item heads, IVF_KIND above.
@@ -141,33 +151,49 @@ class HeadIndex:
         else:
             raise ValueError(f"unknown index kind {kind!r}")
         self.index.add(vectors)
+        self.probes = IVF_PROBES if kind in ("ivf", "ivf_sq8") else 0
         if probes is not None:
             self.set_probes(probes)
 
     def set_probes(self, probes):
-        """IVF: lists searched per query (nprobe); HNSW: the search's candidate list (efSearch)."""
-        if self.kind == "hnsw":
-            self.index.hnsw.efSearch = probes
-        elif self.kind != "flat":
-            self.index.nprobe = probes
+        """IVF: lists searched per user head on average (nprobe); HNSW: the search's candidate list
+        (efSearch), also on average."""
+        self.probes = probes
 
     def memory_bytes(self):
         """The index's size as faiss serialises it (vectors, lists or links)."""
         return int(faiss.serialize_index(self.index).nbytes)
 
     def candidates(self, user_heads, neighbours):
-        """The item rows each user's heads reach: user_heads [B, U, d], each head's `neighbours` nearest
-        item heads -> B arrays of unique item rows. An all-zero head (the ReLU of IntTower's user FE
-        projections makes some) adds 0 to every item's score, so it is not searched."""
-        users, user_head_num, dim = user_heads.shape
-        queries = np.ascontiguousarray(user_heads.reshape(users * user_head_num, dim), dtype=np.float32)
+        """The item rows each user's heads reach: user_heads [B, U, d], `neighbours` (k') nearest item
+        heads per user head on average -> B arrays of unique item rows. A user's budget of
+        neighbours, and of probes, is shared out over their heads in proportion to the heads' norms:
+        a head's inner products, and so its part of every MaxSim score, scale with its norm, so the
+        long heads decide the top K (README, Retrieval). An all-zero head (the ReLU of IntTower's
+        user FE projections makes some) adds 0 to every item's score, so it is not searched."""
+        reached = []
+        for heads in np.asarray(user_heads, np.float32):
+            norms = np.sqrt((heads.astype(np.float64) ** 2).sum(axis=1))
+            searched = np.flatnonzero(norms > 0)
+            weights = norms[searched]
+            head_neighbours = share_out(neighbours * len(searched), weights)
+            head_probes = np.maximum(1, share_out(self.probes * len(searched), weights))
+            items = [self.search(heads[head], head_k, head_p) // self.heads_per_item
+                     for head, head_k, head_p in zip(searched, head_neighbours, head_probes) if head_k > 0]
+            reached.append(np.unique(np.concatenate(items)) if items else np.zeros(0, np.int64))
+        return reached
+
+    def search(self, head, neighbours, probes):
+        """One user head's `neighbours` nearest item heads' ids (faiss's -1 padding left out), the
+        index searching `probes` lists (IVF) or a candidate list that long (HNSW, at least k')."""
+        query, params = head[None], None
         if self.kind == "hnsw":  # the extra coordinate of the L2 reduction
-            queries = np.hstack([queries, np.zeros((len(queries), 1), np.float32)])
-        searched = np.flatnonzero(queries.any(axis=1))
-        ids = np.full((len(queries), neighbours), -1, np.int64)
-        ids[searched] = self.index.search(queries[searched], neighbours)[1]
-        ids = ids.reshape(users, -1)
-        return [np.unique(found[found >= 0] // self.heads_per_item) for found in ids]
+            query = np.append(head, np.float32(0))[None]
+            params = faiss.SearchParametersHNSW(efSearch=int(max(probes, neighbours)))
+        elif self.kind != "flat":
+            params = faiss.SearchParametersIVF(nprobe=int(min(probes, self.index.nlist)))
+        ids = self.index.search(query, int(neighbours), params=params)[1][0]
+        return ids[ids >= 0]
 
     def top_k(self, user_heads, k, neighbours, exclude=None):
         """exact_top_k's result for the union of each user's candidates: the candidates rescored with

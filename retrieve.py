@@ -10,8 +10,9 @@ checkpoint's path without extension unless --file-name says otherwise (as for ex
 features and training items come from the checkpoint's own data (--data-root).
 
 Two searches: exact (the MaxSim of every item, retrieval.exact_top_k) and faiss (retrieval.HeadIndex:
-every item head in an inner-product index, each user head's --neighbours nearest heads, their items
-rescored with the exact MaxSim; a flat index below retrieval.INDEX_MIN_VECTORS item heads, IVF above).
+every item head in an inner-product index, --neighbours nearest heads per user head on average,
+shared out by head norm, their items rescored with the exact MaxSim; a flat index below
+retrieval.INDEX_MIN_VECTORS item heads, IVF above).
 By default the catalogue's size decides: below INDEX_MIN_VECTORS item heads (every MovieLens
 catalogue) the exact scan is as fast as an index search and loses nothing, above it faiss. --exact
 and --faiss force one. The index is built in-process on every call: a server would build it once.
@@ -49,7 +50,8 @@ def parse_args(argv=None):
     search.add_argument("--faiss", action="store_true", help="search the faiss index (default from "
                         f"{retrieval.INDEX_MIN_VECTORS:,} item heads)")
     parser.add_argument("--neighbours", type=int, default=retrieval.NEIGHBOURS,
-                        help=f"item heads each user head asks the faiss index for (default {retrieval.NEIGHBOURS})")
+                        help=f"item heads a user head asks the faiss index for, on average over the user's heads "
+                             f"(default {retrieval.NEIGHBOURS})")
     get_dataset.add_data_args(parser)  # the checkpoint's data: the user's features and training items
     return parser.parse_args(argv)
 

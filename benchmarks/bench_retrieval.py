@@ -12,7 +12,7 @@ the union and the exact rescoring; the user tower is not included, benchmarks/be
 times it), build time and the index's memory. The exact search is timed the same way.
 
 Index settings: a flat inner-product index up to 100,000 items (an exact search per head: only
---neighbours, the k' nearest heads per user head, is approximate); IVF-Flat and IVF-SQ8 with
+--neighbours, the k' nearest heads per user head on average, is approximate); IVF-Flat and IVF-SQ8 with
 retrieval.ivf_lists lists (or --lists) on the synthetic catalogues, sweeping nprobe x k'; HNSW (on the
 L2 reduction, retrieval.HeadIndex) at --hnsw-sizes, sweeping efSearch x k'. The fastest setting
 that reaches a recall of 0.95 at each size is marked.
@@ -59,8 +59,8 @@ def parse_args(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000, 1_000_000],
                         help="catalogue sizes beyond the real one (default 20000 100000 1000000)")
     parser.add_argument("--users", type=int, default=200, help="real users whose heads query (default 200)")
-    parser.add_argument("--neighbours", type=int, nargs="+", default=[200, 400, 800], help="k' values swept")
-    parser.add_argument("--probes", type=int, nargs="+", default=[4, 8, 16, 32, 64], help="IVF nprobe values swept")
+    parser.add_argument("--neighbours", type=int, nargs="+", default=[100, 200, 400, 800], help="k' values swept")
+    parser.add_argument("--probes", type=int, nargs="+", default=[4, 8, 16, 24, 32, 64], help="IVF nprobe values swept")
     parser.add_argument("--ivf-kinds", nargs="+", choices=("ivf", "ivf_sq8"), default=["ivf", "ivf_sq8"],
                         help="IVF indexes measured (retrieval.HeadIndex kinds; default both)")
     parser.add_argument("--lists", type=int, nargs="+", default=[0],

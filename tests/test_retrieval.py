@@ -92,6 +92,24 @@ def test_each_user_head_reaches_the_item_owning_its_nearest_head():
     np.testing.assert_array_equal(candidates[0], [2, 7])
 
 
+def test_the_search_budget_is_shared_out_in_proportion_to_the_weights():
+    assert list(retrieval.share_out(10, np.array([3.0, 1.0, 1.0]))) == [6, 2, 2]
+    # 3.5, 2.1, 1.4: the one left over goes to the largest remainder
+    assert list(retrieval.share_out(7, np.array([0.5, 0.3, 0.2]))) == [4, 2, 1]
+    assert retrieval.share_out(11, np.array([0.2, 0.7, 0.1, 0.4])).sum() == 11
+
+
+def test_a_long_user_head_asks_for_more_neighbours_than_a_short_one():
+    # items 0-3 lie along axis 0 (lengths 4, 3, 2, 1), items 4-7 along axis 1; one head per item
+    item_heads = np.zeros((8, 1, 4), np.float32)
+    item_heads[:4, 0, 0] = item_heads[4:, 0, 1] = [4, 3, 2, 1]
+    user_heads = np.zeros((1, 2, 4), np.float32)
+    user_heads[0, 0, 0], user_heads[0, 1, 1] = 3.0, 1.0
+    # 2 neighbours per head on average: 3 for the head 3 times as long, 1 for the other
+    candidates = retrieval.HeadIndex(item_heads, "flat").candidates(user_heads, neighbours=2)
+    np.testing.assert_array_equal(candidates[0], [0, 1, 2, 4])
+
+
 def test_few_neighbours_give_an_approximate_top_k_of_real_candidates():
     user_heads, item_heads = random_heads(users=4, items=200)
     rows, logits = retrieval.HeadIndex(item_heads, "flat").top_k(user_heads, 10, neighbours=2)
