@@ -3,7 +3,7 @@ learning rate, dropout keep rate, MLP width and embedding L2, and the knobs of i
 CIR weight and temperature, DSSM's and DAT's cosine scale, DAT's mimic weight, DCN's cross layers,
 AutoInt's attention layers), the same number of trials and the same training budget for every model.
 
-python benchmarks/tune.py [--dataset ml-1m] [--models two_tower dcn ...] [--trials 12]
+python benchmarks/tune.py [--dataset ml-1m] [--models two_tower dcn ...] [--trials 12] [--jobs 2]
                           [--storage runs/tune/optuna.db] [--json benchmarks/tuned_ml1m.json]
 
 Each trial is `python train.py --protocol strict --seed 1 --epochs E --patience 2 FLAGS`, run as a
@@ -11,14 +11,17 @@ user runs it; its value is its best valid AUC (train_metrics.json), reported epo
 a trial well below the others' median is stopped early (Optuna's MedianPruner). The test split is
 never read. The search lives in a SQLite file, so an interrupted search resumes where it stopped
 (a trial cut short is retried). The chosen settings, per model, go to --json; run_results.py's
-`tuned` group trains them with seeds 1, 2 and 3 and evaluates them on test.
+`tuned` group trains them with seeds 1, 2 and 3 and evaluates them on test. With --jobs N, N models
+are searched at a time, IntTower first, each trial on cores/N CPU threads.
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import optuna
@@ -36,13 +39,16 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="ml-1m", help="default ml-1m")
     parser.add_argument("--data-root", default="data", help="default data/")
-    parser.add_argument("--models", nargs="+", choices=TABLE2, default=TABLE2, help="default: the nine of Table 2")
+    parser.add_argument("--models", nargs="+", choices=TABLE2, default=TABLE2,
+                        help="default: the nine of Table 2, searched IntTower first")
     parser.add_argument("--trials", type=int, default=12, help="finished trials per model (default 12)")
     parser.add_argument("--epochs", type=int, default=30, help="epoch cap of a trial (default 30; patience 2)")
     parser.add_argument("--seed", type=int, default=1, help="the split the search validates on (default 1)")
     parser.add_argument("--storage", default=os.path.join("runs", "tune", "optuna.db"), help="the search's SQLite file")
     parser.add_argument("--runs-dir", default=os.path.join("runs", "tune"), help="where trials train")
     parser.add_argument("--json", help="the chosen settings (default benchmarks/tuned_<dataset>.json)")
+    parser.add_argument("--jobs", type=int, choices=range(1, 33), default=1, metavar="N",
+                        help="models searched at a time, each trial on cores/N CPU threads (as run_results.py)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="flags added to every trial's train.py (e.g. --synthetic-scale 0.05 to try the search)")
     return parser.parse_args(argv)
@@ -76,6 +82,8 @@ def train(trial, args, model, flags):
     command = [sys.executable, os.path.join(ROOT, "train.py"), "--dataset", args.dataset, "--protocol", "strict",
                "--seed", str(args.seed), "--epochs", str(args.epochs), "--patience", "2", "--out-dir", out_dir,
                "--data-root", args.data_root, "--quiet", *model_flags(model), *flags, *args.extra]
+    if args.jobs > 1:
+        command += ["--threads", str(max(1, os.cpu_count() // args.jobs))]
     with open(os.path.join(out_dir, "train.log"), "w") as log:
         process = subprocess.Popen(command, stderr=log)
         reported = 0
@@ -105,42 +113,57 @@ def recorded_epochs(out_dir):
         return json.load(f)["epochs"]
 
 
+def search(args, storage, model):
+    """Run `model`'s study until it has --trials finished trials -> its best trial's settings."""
+    study = optuna.create_study(storage=storage, study_name=f"{args.dataset}-{model}", direction="maximize",
+                                load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+
+    def objective(trial):
+        flags = suggest(trial, model)
+        trial.set_user_attr("flags", flags)
+        return train(trial, args, model, flags)
+
+    def finished():
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        return len(study.get_trials(deepcopy=False, states=states))
+
+    while finished() < args.trials:
+        study.optimize(objective, n_trials=1)
+    best = study.best_trial
+    return {"flags": best.user_attrs["flags"], "valid_auc": best.value, "params": best.params,
+            "trials": finished(), "epochs": args.epochs, "seed": args.seed}
+
+
 def main(argv=None):
     args = parse_args(argv)
     json_path = args.json or os.path.join(ROOT, "benchmarks", f"tuned_{args.dataset.replace('-', '')}.json")
     os.makedirs(os.path.dirname(os.path.abspath(args.storage)), exist_ok=True)
     # heartbeats mark the trial of an interrupted search failed, and the callback queues it again
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
     storage = optuna.storages.RDBStorage(f"sqlite:///{os.path.abspath(args.storage)}", heartbeat_interval=60,
-                                         grace_period=180,
-                                         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+                                         grace_period=180, heartbeat_stale_trial_callback=retry)
     chosen = {}
     if os.path.isfile(json_path):
         with open(json_path) as f:
             chosen = json.load(f)
-    for model in args.models:
-        study = optuna.create_study(storage=storage, study_name=f"{args.dataset}-{model}", direction="maximize",
-                                    load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5),
-                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+    lock = threading.Lock()
 
-        def objective(trial):
-            flags = suggest(trial, model)
-            trial.set_user_attr("flags", flags)
-            return train(trial, args, model, flags)
+    def tune_model(model):
+        settings = search(args, storage, model)
+        with lock:  # the JSON holds every model searched so far, rewritten whole after each
+            chosen[model] = settings
+            with open(json_path + ".tmp", "w") as f:
+                json.dump(chosen, f, indent=1)
+                f.write("\n")
+            os.replace(json_path + ".tmp", json_path)
+            print(f"{model}: best valid AUC {settings['valid_auc']:.4f} with {' '.join(settings['flags'])}",
+                  flush=True)
 
-        def finished():
-            states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-            return len(study.get_trials(deepcopy=False, states=states))
-
-        while finished() < args.trials:
-            study.optimize(objective, n_trials=1)
-        best = study.best_trial
-        chosen[model] = {"flags": best.user_attrs["flags"], "valid_auc": best.value, "params": best.params,
-                         "trials": finished(), "epochs": args.epochs, "seed": args.seed}
-        with open(json_path + ".tmp", "w") as f:
-            json.dump(chosen, f, indent=1)
-            f.write("\n")
-        os.replace(json_path + ".tmp", json_path)
-        print(f"{model}: best valid AUC {best.value:.4f} with {' '.join(best.user_attrs['flags'])}", flush=True)
+    models = sorted(args.models, key=lambda model: model != "inttower")  # the preset's model first
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        for done in [pool.submit(tune_model, model) for model in models]:
+            done.result()
 
 
 if __name__ == "__main__":

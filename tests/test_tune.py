@@ -15,16 +15,19 @@ def best_valid_auc(trial_dir):
         return max(epoch["valid_auc"] for epoch in json.load(f)["epochs"])
 
 
-def test_the_search_keeps_the_best_trial_and_resumes(tmp_path):
-    argv = ["--dataset", "synthetic", "--models", "two_tower", "--epochs", "1", "--data-root", str(tmp_path / "data"),
-            "--storage", str(tmp_path / "optuna.db"), "--runs-dir", str(tmp_path / "runs"),
-            "--json", str(tmp_path / "tuned.json")]
+def test_the_search_keeps_the_best_trial_per_model_and_resumes(tmp_path):
+    argv = ["--dataset", "synthetic", "--models", "two_tower", "dssm", "--jobs", "2", "--epochs", "1",
+            "--data-root", str(tmp_path / "data"), "--storage", str(tmp_path / "optuna.db"),
+            "--runs-dir", str(tmp_path / "runs"), "--json", str(tmp_path / "tuned.json")]
     tune.main(argv + ["--trials", "1", "--extra", *TINY])
-    tune.main(argv + ["--trials", "2", "--extra", *TINY])  # one trial more, not two
-    trials = tmp_path / "runs" / "synthetic" / "two_tower"
-    assert sorted(os.listdir(trials)) == ["trial0", "trial1"]
-    chosen = json.loads((tmp_path / "tuned.json").read_text())["two_tower"]
-    assert chosen["trials"] == 2
-    assert chosen["valid_auc"] == max(best_valid_auc(trials / name) for name in ("trial0", "trial1"))
-    flags = chosen["flags"]
-    assert flags[flags.index("--lr") + 1] and "--keep-rate" in flags and "--mlp-layers" in flags
+    tune.main(argv + ["--trials", "2", "--extra", *TINY])  # one trial more per model, not two
+    tuned = json.loads((tmp_path / "tuned.json").read_text())
+    assert sorted(tuned) == ["dssm", "two_tower"]
+    for model, chosen in tuned.items():
+        trials = tmp_path / "runs" / "synthetic" / model
+        assert sorted(os.listdir(trials)) == ["trial0", "trial1"]
+        assert chosen["trials"] == 2
+        assert chosen["valid_auc"] == max(best_valid_auc(trials / name) for name in ("trial0", "trial1"))
+        flags = chosen["flags"]
+        assert flags[flags.index("--lr") + 1] and "--keep-rate" in flags and "--mlp-layers" in flags
+    assert "--dssm-gamma" in tuned["dssm"]["flags"] and "--dssm-gamma" not in tuned["two_tower"]["flags"]
