@@ -138,8 +138,8 @@ def main(argv=None):
     else:
         head_index = retrieval.HeadIndex(index["item_heads"])
         rows, logits = head_index.top_k(user_heads, args.k, args.neighbours, [excluded])
-        how = (f"faiss {head_index.kind} index, {args.neighbours} neighbours per user head "
-               f"({user_heads.shape[1]} heads), rescored with the exact MaxSim")
+        how = (f"faiss {head_index.kind} index, {args.neighbours} neighbours per user head on average "
+               f"({user_heads.shape[1]} heads, shared out by norm), rescored with the exact MaxSim")
     rows, scores = rows[0][rows[0] >= 0], retrieval.probability(logits[0], index["bias"][0])
     print(f"user {args.user_id}: top {args.k} of {catalogue - len(excluded)} movies ({len(excluded)} training items "
           f"left out); {config.model} {ckpt}; {how}")
