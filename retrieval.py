@@ -9,8 +9,8 @@ A tower model scores (user, item) as sigmoid(sum over user heads of max over ite
 - HeadIndex: every item head in a faiss inner-product index, its id the head's position in the
   [N * V] rows of the item heads, so id // V is the item's row. A user's heads ask for k' nearest
   item heads each on average, the budget shared out in proportion to their norms, the union of
-  their items is rescored with the exact MaxSim, the top K returned. A flat index searches each head exactly; IVF and HNSW approximately, for large
-  catalogues.
+  their items is rescored with the exact MaxSim, the top K returned. A flat index searches each
+  head exactly; IVF and HNSW approximately, for large catalogues.
 - recall_at_k / ndcg_at_k: of each user's relevant items (positive test items, or another
   ranking's top items), per user.
 
@@ -81,8 +81,8 @@ def exclusion_pairs(exclude, users):
 def exact_top_k(user_heads, item_heads_by_head, k, exclude=None):
     """Each user's k items of highest MaxSim logit over the whole catalogue.
 
-    user_heads [B, U, d], item_heads_by_head [V, N, d] (serving.by_head), exclude: None or B arrays of item rows to leave out
-    (a user's training items). -> (rows [B, k] int64, logits [B, k] float32), best first; a user
+    user_heads [B, U, d], item_heads_by_head [V, N, d] (serving.by_head), exclude: None or B arrays
+    of item rows to leave out (a user's training items). -> (rows [B, k] int64, logits [B, k] float32), best first; a user
     with fewer than k items left gets row -1 and logit -inf in the remaining places.
     """
     users, user_head_num, _ = user_heads.shape
@@ -112,14 +112,13 @@ class HeadIndex:
     """Every item head in a faiss inner-product index, for the approximate top K.
 
     kind "flat": exact search per head; "ivf": IndexIVFFlat, `lists` inverted lists (default
-    ivf_lists), `probes` of them searched per query (nprobe, default IVF_PROBES); "ivf_sq8": the
-    same with each vector stored in 8 bits per dimension (IndexIVFScalarQuantizer: a quarter of the
-    memory traffic; the candidates are rescored with the float heads anyway); "hnsw":
+    ivf_lists), `probes` of them searched per user head on average (nprobe, default IVF_PROBES);
+    "ivf_sq8": the same with each vector stored in 8 bits per dimension (IndexIVFScalarQuantizer: a
+    quarter of the memory traffic; the candidates are rescored with the float heads anyway); "hnsw":
     IndexHNSWFlat, HNSW_LINKS links per vector, `probes` = efSearch (default: a head's k'), on L2
-    after the usual reduction
-    of inner product search to it (HNSW's graph assumes a metric): each item head gets an extra
-    coordinate sqrt(M^2 - |v|^2), M the largest norm, each query a 0, so that |q - v|^2 =
-    |q|^2 + M^2 - 2 <q, v>. "auto": flat below INDEX_MIN_VECTORS item heads, IVF_KIND above.
+    after the usual reduction of inner product search to it (HNSW's graph assumes a metric): each
+    item head gets an extra coordinate sqrt(M^2 - |v|^2), M the largest norm, each query a 0, so
+    that |q - v|^2 = |q|^2 + M^2 - 2 <q, v>. "auto": flat below INDEX_MIN_VECTORS item heads, IVF_KIND above.
     """
 
     def __init__(self, item_heads, kind="auto", lists=None, probes=None, seed=0):
@@ -142,7 +141,6 @@ class HeadIndex:
             sample = np.random.default_rng(seed).permutation(len(vectors))[:lists * IVF_TRAIN_PER_LIST]
             self.index.cp.seed = seed
             self.index.train(vectors[np.sort(sample)])
-            self.index.nprobe = IVF_PROBES
         elif kind == "hnsw":
             squared_norms = (vectors.astype(np.float64) ** 2).sum(axis=1)
             vectors = np.hstack([vectors, np.sqrt(squared_norms.max() - squared_norms)[:, None].astype(np.float32)])
