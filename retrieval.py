@@ -83,7 +83,8 @@ def exact_top_k(user_heads, item_heads_by_head, k, exclude=None):
 
     user_heads [B, U, d], item_heads_by_head [V, N, d] (serving.by_head), exclude: None or B arrays
     of item rows to leave out (a user's training items). -> (rows [B, k] int64, logits [B, k]
-    float32), best first; a user with fewer than k items left gets row -1 and logit -inf in the remaining places.
+    float32), best first; a user with fewer than k items left gets row -1 and logit -inf in the
+    remaining places.
     """
     users, user_head_num, _ = user_heads.shape
     item_head_num, items, _ = item_heads_by_head.shape
