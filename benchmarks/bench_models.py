@@ -222,16 +222,18 @@ def plot(report, results, png_path):
     if left_out:
         util.log(f"not plotted (latency or AUC missing): {', '.join(left_out)}")
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    below = False  # a label goes under its point when the point before it (by latency) is a near neighbour
+    # labels of near neighbours (by latency) take turns above, below and further below their points
+    label_offsets = ((6, 4), (6, -12), (6, -24))
+    crowded = 0
     previous = None
     for model in sorted(models, key=latencies.get):
         color = "tab:blue" if model in TOWER_MODELS else "tab:orange"
         mean, std = float(np.mean(aucs[model])), float(np.std(aucs[model]))
         ax.errorbar(latencies[model], mean, yerr=std, fmt="o", color=color, capsize=3)
         near = previous is not None and latencies[model] < 1.3 * previous[0] and abs(mean - previous[1]) < 0.006
-        below = near and not below
+        crowded = crowded + 1 if near else 0
         ax.annotate(LABELS[model], (latencies[model], mean), textcoords="offset points",
-                    xytext=(6, -12 if below else 4), fontsize=9)
+                    xytext=label_offsets[crowded % len(label_offsets)], fontsize=9)
         previous = (latencies[model], mean)
     ax.plot([], [], "o", color="tab:blue", label="tower models: user tower + cached item vectors")
     ax.plot([], [], "o", color="tab:orange", label="COLD and the ranking models: full network over every pair")
