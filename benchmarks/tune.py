@@ -3,7 +3,7 @@ learning rate, dropout keep rate, MLP width and embedding L2, and the knobs of i
 CIR weight and temperature, DSSM's and DAT's cosine scale, DAT's mimic weight, DCN's cross layers,
 AutoInt's attention layers), the same number of trials and the same training budget for every model.
 
-python benchmarks/tune.py [--dataset ml-1m] [--models two_tower dcn ...] [--trials 12] [--jobs 2]
+python benchmarks/tune.py [--dataset ml-1m] [--models two_tower dcn ...] [--trials 8] [--jobs 2]
                           [--storage runs/tune/optuna.db] [--json benchmarks/tuned_ml1m.json]
 
 Each trial is `python train.py --protocol strict --seed 1 --epochs E --patience 2 FLAGS`, run as a
@@ -41,7 +41,7 @@ def parse_args(argv=None):
     parser.add_argument("--data-root", default="data", help="default data/")
     parser.add_argument("--models", nargs="+", choices=TABLE2, default=TABLE2,
                         help="default: the nine of Table 2, searched IntTower first")
-    parser.add_argument("--trials", type=int, default=12, help="finished trials per model (default 12)")
+    parser.add_argument("--trials", type=int, default=8, help="finished trials per model (default 8)")
     parser.add_argument("--epochs", type=int, default=30, help="epoch cap of a trial (default 30; patience 2)")
     parser.add_argument("--seed", type=int, default=1, help="the split the search validates on (default 1)")
     parser.add_argument("--storage", default=os.path.join("runs", "tune", "optuna.db"), help="the search's SQLite file")
