@@ -146,10 +146,11 @@ def test_maxsim_score_sums_over_user_heads_the_best_item_head_dot_product():
     np.testing.assert_allclose(maxsim_score(Tensor(user_heads), Tensor(item_heads)).asnumpy(), expected, **TOL)
 
 
-def test_maxsim_candidates_scores_one_user_against_many_items():
+@pytest.mark.parametrize("heads_per_item", [1, 4])
+def test_maxsim_candidates_scores_one_user_against_many_items(heads_per_item):
     rng = np.random.default_rng(3)
     user_heads = rng.normal(size=(12, 4)).astype(np.float32)
-    item_heads = rng.normal(size=(30, 4, 4)).astype(np.float32)
+    item_heads = rng.normal(size=(30, heads_per_item, 4)).astype(np.float32)
 
     expected = np.einsum("ud,nvd->nuv", user_heads, item_heads).max(axis=2).sum(axis=1)
 
