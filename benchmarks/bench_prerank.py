@@ -78,6 +78,19 @@ def random_features(names, schema, n, rng):
     return features
 
 
+def network(ckpt=None, data_root="data"):
+    """The checkpoint's network in inference mode, or without one the published network with untrained
+    weights on ML-1M-shaped vocabularies -> (net, config, schema)."""
+    if ckpt:
+        net, config, meta = model_from_checkpoint(ckpt)
+        return net, config, meta["schema"]
+    ms_util.set_seed(0)
+    config, schema = Config(), ml1m_shaped_schema(data_root)
+    net = IntTower(schema, config)
+    net.set_train(False)
+    return net, config, schema
+
+
 def latency(request, repeats):
     """(p50, p99) in ms of `request` over `repeats` calls, after two warm-up calls."""
     request()
@@ -101,14 +114,7 @@ def main(argv=None):
     args = parse_args(argv)
     util.set_quiet(True)
     ms.set_context(mode=ms.GRAPH_MODE)
-    if args.ckpt:
-        net, config, meta = model_from_checkpoint(args.ckpt)
-        schema = meta["schema"]
-    else:
-        ms_util.set_seed(0)
-        config, schema = Config(), ml1m_shaped_schema(args.data_root)
-        net = IntTower(schema, config)
-        net.set_train(False)
+    net, config, schema = network(args.ckpt, args.data_root)
     rng = np.random.default_rng(0)
     user_names, item_names = user_input_names(config), item_input_names(config)
     user = random_features(user_names, schema, 1, rng)
