@@ -24,7 +24,7 @@ from mindspore.common.initializer import Normal, XavierNormal, initializer
 
 from features import tower_features
 from model import TwoTower
-from module import FieldEmbeddings, bce_with_l2, dense_layers, embedding_tables, l2_normalize
+from module import FieldEmbeddings, batch_matmul_transposed, bce_with_l2, dense_layers, embedding_tables, l2_normalize
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +249,7 @@ class InteractingLayer(nn.Cell):
         query, key, value, residual = ops.split(self.projections(fields), dim, axis=-1)
         query, key, value = (self.split_heads(query, field_num), self.split_heads(key, field_num),
                              self.split_heads(value, field_num))
-        attention = self.softmax(ops.bmm(query, key.transpose(0, 2, 1)))
+        attention = self.softmax(batch_matmul_transposed(query, key))
         attended = ops.bmm(attention, value).reshape(-1, self.heads, field_num, self.head_dim)
         attended = attended.transpose(0, 2, 1, 3).reshape(-1, field_num, dim)
         return ops.relu(attended + residual)

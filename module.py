@@ -68,8 +68,9 @@ def folded_dense(dense, norm, input_norm=None):
     return weight, bias
 
 
-# x @ weight.T without materialising the transpose (as nn.Dense does)
+# x @ weight.T without materialising the transpose (as nn.Dense does), and its batched form
 matmul_transposed = ops.MatMul(transpose_b=True)
+batch_matmul_transposed = ops.BatchMatMul(transpose_b=True)
 
 
 def mean_over_last(x):
@@ -242,7 +243,7 @@ def maxsim_score(user_heads, item_heads):
     """FE-Block score of paired rows: for each user head the best-matching item head's dot
     product, summed over user heads (which span every user layer).
     user_heads [B, U, d], item_heads [B, V, d] -> [B]."""
-    similarity = ops.bmm(user_heads, item_heads.transpose(0, 2, 1))
+    similarity = batch_matmul_transposed(user_heads, item_heads)
     return similarity.max(axis=-1).sum(axis=-1)
 
 
