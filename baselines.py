@@ -112,11 +112,11 @@ class PairFields(nn.Cell):
 
 
 class RankingModel(nn.Cell):
-    """What the models that score user and item together (COLD and the ranking models) share: the pair's fields, an MLP over the flattened fields and
-    dense values (Dense -> ReLU -> Dropout per layer, no BatchNorm: the PyTorch baselines'
-    dnn_use_bn=False), an optional linear term over every field (a scalar weight per id and per
-    dense value), a learnable bias, and BCE (+ L2 on the embedding tables). A subclass adds its
-    own `interaction_logit(fields, dense)`."""
+    """What the models that score user and item together (COLD and the ranking models) share: the
+    pair's fields, an MLP over the flattened fields and dense values (Dense -> ReLU -> Dropout per
+    layer, no BatchNorm: the PyTorch baselines' dnn_use_bn=False), an optional linear term over
+    every field (a scalar weight per id and per dense value), a learnable bias, and BCE (+ L2 on the
+    embedding tables). A subclass adds its own `interaction_logit(fields, dense)`."""
 
     def __init__(self, schema, config, linear=False):
         super().__init__()

@@ -152,9 +152,9 @@ class Tower(FieldEmbeddings):
     layer. Returns the first layer's input and every layer's output (x0, h1, ..., hL): FE-Block
     reads the outputs, or with fe_source="inputs" the inputs (x0, ..., h(L-1)).
     Inputs: the tower's features (features.tower_features). `extra_inputs` widens the first layer
-    for vectors appended to the embedded features (outputs_with_extra: DAT's augmented vectors). A Tower is its FieldEmbeddings rather than holding
-    one, so its parameter names (embeddings.0.embedding_table, ...) stay those that checkpoints and
-    the PyTorch peer use."""
+    for vectors appended to the embedded features (outputs_with_extra: DAT's augmented vectors).
+    A Tower is its FieldEmbeddings rather than holding one, so its parameter names
+    (embeddings.0.embedding_table, ...) stay those that checkpoints and the PyTorch peer use."""
 
     def __init__(self, features, schema, config, lightse=True, extra_inputs=0):
         super().__init__(features, schema, config.sparse_embedding_dim)

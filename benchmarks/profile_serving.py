@@ -91,7 +91,8 @@ def main(argv=None):
         print(f"| {name} | {p50:.3f} / {p99:.3f} |")
     for name, kernels in profiles.items():
         total = sum(ms_per_request for _, ms_per_request in kernels.values())
-        print(f"\n{name}: {total:.3f} ms of kernels per request (CPU profiler)\n\n| op | calls | ms |\n| --- | ---: | ---: |")
+        print(f"\n{name}: {total:.3f} ms of kernels per request (CPU profiler)\n")
+        print("| op | calls | ms |\n| --- | ---: | ---: |")
         for op, (count, ms_per_request) in sorted(kernels.items(), key=lambda item: -item[1][1]):
             print(f"| {op} | {count:g} | {ms_per_request:.3f} |")
 
