@@ -1,11 +1,16 @@
 """benchmarks/tune.py: the search trains each trial with train.py on the strict protocol, keeps the
-best valid AUC's settings per model, and resumes from its SQLite storage."""
+best valid AUC's settings per model, and resumes from its SQLite storage; IntTower's choice on ML-1M
+is train.py's --preset tuned-ml1m."""
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import run_results  # noqa: E402
 import tune  # noqa: E402
+
+import model_config  # noqa: E402
+import train  # noqa: E402
 
 TINY = ["--synthetic-scale", "0.002", "--max-steps", "2", "--batch-size", "256", "--sparse-embedding-dim", "8"]
 
@@ -31,3 +36,23 @@ def test_the_search_keeps_the_best_trial_per_model_and_resumes(tmp_path):
         flags = chosen["flags"]
         assert flags[flags.index("--lr") + 1] and "--keep-rate" in flags and "--mlp-layers" in flags
     assert "--dssm-gamma" in tuned["dssm"]["flags"] and "--dssm-gamma" not in tuned["two_tower"]["flags"]
+
+
+def test_the_tuned_preset_is_the_searchs_inttower_choice_trained_as_the_tuned_table_trains_it():
+    with open(os.path.join(tune.ROOT, "benchmarks", "tuned_ml1m.json")) as f:
+        chosen = json.load(f)["inttower"]["params"]
+    preset = model_config.PRESETS["tuned-ml1m"]
+    assert preset["mlp_layers"] == tune.WIDTHS[chosen["mlp_layers"]]
+    assert {name: preset[name] for name in chosen if name != "mlp_layers"} == \
+        {name: value for name, value in chosen.items() if name != "mlp_layers"}
+    converged = run_results.CONVERGED
+    assert [preset["epochs"], preset["patience"]] == [int(converged[1]), int(converged[3])]
+
+
+def test_a_preset_replaces_the_published_defaults_and_flags_still_override_it():
+    published = model_config.config_from_args(train.parse_args([]))
+    tuned = model_config.config_from_args(train.parse_args(["--preset", "tuned-ml1m", "--lr", "0.002"]))
+    assert published == model_config.Config()
+    assert tuned.lr == 0.002
+    assert tuned.keep_rate == model_config.PRESETS["tuned-ml1m"]["keep_rate"] != published.keep_rate
+    assert tuned.mlp_layers == [256, 128] and tuned.epochs == 50
