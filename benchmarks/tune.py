@@ -9,9 +9,12 @@ python benchmarks/tune.py [--dataset ml-1m] [--models two_tower dcn ...] [--tria
 Each trial is `python train.py --protocol strict --seed 1 --epochs E --patience 2 FLAGS`, run as a
 user runs it; its value is its best valid AUC (train_metrics.json), reported epoch by epoch so that
 a trial well below the others' median is stopped early (Optuna's MedianPruner). The test split is
-never read. The search lives in a SQLite file, so an interrupted search resumes where it stopped
-(a trial cut short is retried). The chosen settings, per model, go to --json; run_results.py's
-`tuned` group trains them with seeds 1, 2 and 3 and evaluates them on test. With --jobs N, N models
+never read. After its trials each model trains once more with its published settings (model_config.py)
+on the same budget, unpruned: the search chooses its best trial only where that beats the published
+settings on validation, so a short search cannot leave a model worse off than untuned. The search
+lives in a SQLite file, so an interrupted search resumes where it stopped (a trial or published run
+cut short is run again). The chosen settings, per model, go to --json; run_results.py's `tuned`
+group trains them with seeds 1, 2 and 3 and evaluates them on test. With --jobs N, N models
 are searched at a time, IntTower first, each trial on cores/N CPU threads.
 """
 import argparse
@@ -29,6 +32,7 @@ import optuna
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from model_config import Config  # noqa: E402
 from run_results import TABLE2, model_flags  # noqa: E402
 
 WIDTHS = {"300-300-128": [300, 300, 128], "256-128": [256, 128], "400-400-400": [400, 400, 400],
@@ -75,9 +79,9 @@ def suggest(trial, model):
     return flags
 
 
-def train(trial, args, model, flags):
-    """Run the trial's train.py, reporting each epoch's valid AUC; -> its best valid AUC."""
-    out_dir = os.path.join(args.runs_dir, args.dataset, model, f"trial{trial.number}")
+def train(args, model, flags, out_dir, trial=None):
+    """Run train.py with the search's budget, reporting each epoch's valid AUC to `trial` (which may
+    stop it early); -> its best valid AUC."""
     os.makedirs(out_dir, exist_ok=True)
     command = [sys.executable, os.path.join(ROOT, "train.py"), "--dataset", args.dataset, "--protocol", "strict",
                "--seed", str(args.seed), "--epochs", str(args.epochs), "--patience", "2", "--out-dir", out_dir,
@@ -90,8 +94,10 @@ def train(trial, args, model, flags):
         while True:
             running = process.poll() is None
             for epoch in recorded_epochs(out_dir)[reported:]:
-                trial.report(epoch["valid_auc"], epoch["epoch"])
                 reported += 1
+                if trial is None:
+                    continue
+                trial.report(epoch["valid_auc"], epoch["epoch"])
                 if running and trial.should_prune():
                     process.send_signal(signal.SIGINT)  # train.py stops after the step it is in
                     process.wait()
@@ -113,8 +119,17 @@ def recorded_epochs(out_dir):
         return json.load(f)["epochs"]
 
 
+def published_params(names):
+    """The published value (model_config.Config) of each searched parameter, as suggest names it."""
+    defaults = Config()
+    return {name: "-".join(map(str, defaults.mlp_layers)) if name == "mlp_layers" else getattr(defaults, name)
+            for name in names}
+
+
 def search(args, storage, model):
-    """Run `model`'s study until it has --trials finished trials -> its best trial's settings."""
+    """Run `model`'s study until it has --trials finished trials, then its published settings once
+    (kept in the study, so that a finished search does not run them again) -> the chosen settings:
+    the best trial's, or the published ones where the trials did not beat them on validation."""
     study = optuna.create_study(storage=storage, study_name=f"{args.dataset}-{model}", direction="maximize",
                                 load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
@@ -122,7 +137,8 @@ def search(args, storage, model):
     def objective(trial):
         flags = suggest(trial, model)
         trial.set_user_attr("flags", flags)
-        return train(trial, args, model, flags)
+        return train(args, model, flags, os.path.join(args.runs_dir, args.dataset, model, f"trial{trial.number}"),
+                     trial)
 
     def finished():
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -130,9 +146,16 @@ def search(args, storage, model):
 
     while finished() < args.trials:
         study.optimize(objective, n_trials=1)
-    best = study.best_trial
-    return {"flags": best.user_attrs["flags"], "valid_auc": best.value, "params": best.params,
-            "trials": finished(), "epochs": args.epochs, "seed": args.seed}
+    if "published_valid_auc" not in study.user_attrs:
+        study.set_user_attr("published_valid_auc", train(args, model, [], os.path.join(
+            args.runs_dir, args.dataset, model, "published")))
+    best, published_auc = study.best_trial, study.user_attrs["published_valid_auc"]
+    searched = best.value > published_auc
+    return {"flags": best.user_attrs["flags"] if searched else [],
+            "valid_auc": best.value if searched else published_auc,
+            "params": best.params if searched else published_params(best.params),
+            "chosen": "search" if searched else "published", "search_valid_auc": best.value,
+            "published_valid_auc": published_auc, "trials": finished(), "epochs": args.epochs, "seed": args.seed}
 
 
 def main(argv=None):
@@ -157,8 +180,8 @@ def main(argv=None):
                 json.dump(chosen, f, indent=1)
                 f.write("\n")
             os.replace(json_path + ".tmp", json_path)
-            print(f"{model}: best valid AUC {settings['valid_auc']:.4f} with {' '.join(settings['flags'])}",
-                  flush=True)
+            print(f"{model}: valid AUC {settings['valid_auc']:.4f} with the {settings['chosen']} settings "
+                  f"{' '.join(settings['flags'])}", flush=True)
 
     models = sorted(args.models, key=lambda model: model != "inttower")  # the preset's model first
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:

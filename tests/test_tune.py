@@ -20,22 +20,31 @@ def best_valid_auc(trial_dir):
         return max(epoch["valid_auc"] for epoch in json.load(f)["epochs"])
 
 
-def test_the_search_keeps_the_best_trial_per_model_and_resumes(tmp_path):
+def test_the_search_keeps_the_best_trial_per_model_unless_the_published_settings_beat_it_and_resumes(tmp_path):
     argv = ["--dataset", "synthetic", "--models", "two_tower", "dssm", "--jobs", "2", "--epochs", "1",
             "--data-root", str(tmp_path / "data"), "--storage", str(tmp_path / "optuna.db"),
             "--runs-dir", str(tmp_path / "runs"), "--json", str(tmp_path / "tuned.json")]
     tune.main(argv + ["--trials", "1", "--extra", *TINY])
+    published_run = tmp_path / "runs" / "synthetic" / "dssm" / "published" / "train_metrics.json"
+    first_published_run = published_run.stat().st_mtime_ns
     tune.main(argv + ["--trials", "2", "--extra", *TINY])  # one trial more per model, not two
+    assert published_run.stat().st_mtime_ns == first_published_run  # the published settings ran once
     tuned = json.loads((tmp_path / "tuned.json").read_text())
     assert sorted(tuned) == ["dssm", "two_tower"]
     for model, chosen in tuned.items():
-        trials = tmp_path / "runs" / "synthetic" / model
-        assert sorted(os.listdir(trials)) == ["trial0", "trial1"]
+        runs = tmp_path / "runs" / "synthetic" / model
+        assert sorted(os.listdir(runs)) == ["published", "trial0", "trial1"]
         assert chosen["trials"] == 2
-        assert chosen["valid_auc"] == max(best_valid_auc(trials / name) for name in ("trial0", "trial1"))
+        assert chosen["search_valid_auc"] == max(best_valid_auc(runs / name) for name in ("trial0", "trial1"))
+        assert chosen["published_valid_auc"] == best_valid_auc(runs / "published")
+        assert chosen["valid_auc"] == max(chosen["search_valid_auc"], chosen["published_valid_auc"])
         flags = chosen["flags"]
-        assert flags[flags.index("--lr") + 1] and "--keep-rate" in flags and "--mlp-layers" in flags
-    assert "--dssm-gamma" in tuned["dssm"]["flags"] and "--dssm-gamma" not in tuned["two_tower"]["flags"]
+        if chosen["chosen"] == "published":
+            assert flags == [] and chosen["params"]["lr"] == model_config.Config().lr
+        else:
+            assert chosen["chosen"] == "search" and chosen["search_valid_auc"] > chosen["published_valid_auc"]
+            assert flags[flags.index("--lr") + 1] and "--keep-rate" in flags and "--mlp-layers" in flags
+            assert ("--dssm-gamma" in flags) == (model == "dssm")
 
 
 def test_the_tuned_preset_is_the_searchs_inttower_choice_trained_as_the_tuned_table_trains_it():
