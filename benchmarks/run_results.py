@@ -23,6 +23,10 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from util import write_json  # noqa: E402
+
 STRICT = ["--protocol", "strict"]
 # the paper's Table 2, pre-ranking models first (COLD among them), then the ranking models
 TABLE2 = ["two_tower", "dssm", "dat", "cold", "wdl", "deepfm", "dcn", "autoint", "inttower"]
@@ -175,13 +179,6 @@ def main(argv=None):
             previous = json.load(f)["runs"]
     runs = {(tuple(r["flags"]), r["seed"]): r for r in previous}
 
-    def write():
-        payload = {"dataset": args.dataset, "runs": list(runs.values())}
-        with open(json_path + ".tmp", "w") as f:
-            json.dump(payload, f, indent=1)
-            f.write("\n")
-        os.replace(json_path + ".tmp", json_path)
-
     tuned = args.tuned or os.path.join(ROOT, "benchmarks", f"tuned_{args.dataset.replace('-', '')}.json")
     tables = [(group, [(name, flags + args.extra)
                        for name, flags in (tuned_rows(args.dataset, tuned) if group == "tuned" else GROUPS[group])])
@@ -201,7 +198,7 @@ def main(argv=None):
             evaluation, training = train_and_eval(args, list(flags), seed, run_dir(runs_dir, flags, seed))
             with lock:
                 runs[key] = summary(name, list(flags), seed, evaluation, training)
-                write()
+                write_json(json_path, {"dataset": args.dataset, "runs": list(runs.values())})
                 print(f"{group} | {name} | seed {seed}: test_auc={evaluation['test_auc']:.4f} "
                       f"({time.time() - start:.0f} s)", file=sys.stderr, flush=True)
 

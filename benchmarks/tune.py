@@ -5,6 +5,7 @@ AutoInt's attention layers), the same number of trials and the same training bud
 
 python benchmarks/tune.py [--dataset ml-1m] [--models two_tower dcn ...] [--trials 8] [--jobs 2]
                           [--storage runs/tune/optuna.db] [--json benchmarks/tuned_ml1m.json]
+                          [--history benchmarks/tune_history_ml1m.json]
 
 Each trial is `python train.py --protocol strict --seed 1 --epochs E --patience 2 FLAGS`, run as a
 user runs it; its value is its best valid AUC (train_metrics.json), reported epoch by epoch so that
@@ -13,7 +14,9 @@ never read. After its trials each model trains once more with its published sett
 on the same budget, unpruned: the search chooses its best trial only where that beats the published
 settings on validation, so a short search cannot leave a model worse off than untuned. The search
 lives in a SQLite file, so an interrupted search resumes where it stopped (a trial or published run
-cut short is run again). The chosen settings, per model, go to --json; run_results.py's `tuned`
+cut short is run again); every finished trial is also written to --history, a JSON beside the
+results, from which a search whose SQLite file was lost (a new machine) is rebuilt before it goes on.
+The chosen settings, per model, go to --json; run_results.py's `tuned`
 group trains them with seeds 1, 2 and 3 and evaluates them on test. With --jobs N, N models
 are searched at a time, IntTower first, each trial on cores/N CPU threads.
 """
@@ -34,6 +37,7 @@ sys.path.insert(0, ROOT)
 
 from model_config import Config  # noqa: E402
 from run_results import TABLE2, model_flags  # noqa: E402
+from util import write_json  # noqa: E402
 
 WIDTHS = {"300-300-128": [300, 300, 128], "256-128": [256, 128], "400-400-400": [400, 400, 400],
           "1024-512-256": [1024, 512, 256]}
@@ -51,6 +55,8 @@ def parse_args(argv=None):
     parser.add_argument("--storage", default=os.path.join("runs", "tune", "optuna.db"), help="the search's SQLite file")
     parser.add_argument("--runs-dir", default=os.path.join("runs", "tune"), help="where trials train")
     parser.add_argument("--json", help="the chosen settings (default benchmarks/tuned_<dataset>.json)")
+    parser.add_argument("--history", help="every finished trial, from which a lost --storage is rebuilt "
+                                          "(default benchmarks/tune_history_<dataset>.json)")
     parser.add_argument("--jobs", type=int, choices=range(1, 33), default=1, metavar="N",
                         help="models searched at a time, each trial on cores/N CPU threads (as run_results.py)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
@@ -126,13 +132,43 @@ def published_params(names):
             for name in names}
 
 
-def search(args, storage, model):
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def study_record(study):
+    """A study's finished trials and published run as JSON: enough to rebuild it as it was."""
+    return {"trials": [{"number": trial.number, "state": trial.state.name, "value": trial.value,
+                        "params": trial.params, "flags": trial.user_attrs["flags"],
+                        "valid_auc_by_epoch": {str(epoch): auc for epoch, auc in trial.intermediate_values.items()},
+                        "distributions": {name: optuna.distributions.distribution_to_json(distribution)
+                                          for name, distribution in trial.distributions.items()}}
+                       for trial in study.get_trials(deepcopy=False, states=FINISHED)],
+            "published_valid_auc": study.user_attrs.get("published_valid_auc")}
+
+
+def restore(study, record):
+    """Add the finished trials (and the published run) of `record` to an empty study."""
+    for trial in record["trials"]:
+        study.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState[trial["state"]], value=trial["value"], params=trial["params"],
+            distributions={name: optuna.distributions.json_to_distribution(distribution)
+                           for name, distribution in trial["distributions"].items()},
+            intermediate_values={int(epoch): auc for epoch, auc in trial["valid_auc_by_epoch"].items()},
+            user_attrs={"flags": trial["flags"]}))
+    if record["published_valid_auc"] is not None:
+        study.set_user_attr("published_valid_auc", record["published_valid_auc"])
+
+
+def search(args, storage, model, record, save):
     """Run `model`'s study until it has --trials finished trials, then its published settings once
-    (kept in the study, so that a finished search does not run them again) -> the chosen settings:
-    the best trial's, or the published ones where the trials did not beat them on validation."""
+    (kept in the study, so that a finished search does not run them again), calling save(study)
+    after each; a study missing from `storage` starts from `record` (the history) -> the chosen
+    settings: the best trial's, or the published ones where the trials did not beat them on validation."""
     study = optuna.create_study(storage=storage, study_name=f"{args.dataset}-{model}", direction="maximize",
                                 load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+    if record and not study.trials:
+        restore(study, record)
 
     def objective(trial):
         flags = suggest(trial, model)
@@ -141,14 +177,15 @@ def search(args, storage, model):
                      trial)
 
     def finished():
-        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        return len(study.get_trials(deepcopy=False, states=states))
+        return len(study.get_trials(deepcopy=False, states=FINISHED))
 
     while finished() < args.trials:
         study.optimize(objective, n_trials=1)
+        save(study)
     if "published_valid_auc" not in study.user_attrs:
         study.set_user_attr("published_valid_auc", train(args, model, [], os.path.join(
             args.runs_dir, args.dataset, model, "published")))
+        save(study)
     best, published_auc = study.best_trial, study.user_attrs["published_valid_auc"]
     searched = best.value > published_auc
     return {"flags": best.user_attrs["flags"] if searched else [],
@@ -158,28 +195,38 @@ def search(args, storage, model):
             "published_valid_auc": published_auc, "trials": finished(), "epochs": args.epochs, "seed": args.seed}
 
 
+def read_json(path):
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
 def main(argv=None):
     args = parse_args(argv)
-    json_path = args.json or os.path.join(ROOT, "benchmarks", f"tuned_{args.dataset.replace('-', '')}.json")
+    name = args.dataset.replace("-", "")
+    json_path = args.json or os.path.join(ROOT, "benchmarks", f"tuned_{name}.json")
+    history_path = args.history or os.path.join(ROOT, "benchmarks", f"tune_history_{name}.json")
     os.makedirs(os.path.dirname(os.path.abspath(args.storage)), exist_ok=True)
     # heartbeats mark the trial of an interrupted search failed, and the callback queues it again
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
     storage = optuna.storages.RDBStorage(f"sqlite:///{os.path.abspath(args.storage)}", heartbeat_interval=60,
                                          grace_period=180, heartbeat_stale_trial_callback=retry)
-    chosen = {}
-    if os.path.isfile(json_path):
-        with open(json_path) as f:
-            chosen = json.load(f)
-    lock = threading.Lock()
+    chosen, history = read_json(json_path), read_json(history_path)
+    lock = threading.Lock()  # both JSONs hold every model searched so far, rewritten whole
+
+    def save(model):
+        def save_study(study):
+            with lock:
+                history[model] = study_record(study)
+                write_json(history_path, history)
+        return save_study
 
     def tune_model(model):
-        settings = search(args, storage, model)
-        with lock:  # the JSON holds every model searched so far, rewritten whole after each
+        settings = search(args, storage, model, history.get(model), save(model))
+        with lock:
             chosen[model] = settings
-            with open(json_path + ".tmp", "w") as f:
-                json.dump(chosen, f, indent=1)
-                f.write("\n")
-            os.replace(json_path + ".tmp", json_path)
+            write_json(json_path, chosen)
             print(f"{model}: valid AUC {settings['valid_auc']:.4f} with the {settings['chosen']} settings "
                   f"{' '.join(settings['flags'])}", flush=True)
 

@@ -1,6 +1,6 @@
 """benchmarks/tune.py: the search trains each trial with train.py on the strict protocol, keeps the
-best valid AUC's settings per model, and resumes from its SQLite storage; IntTower's choice on ML-1M
-is train.py's --preset tuned-ml1m."""
+best valid AUC's settings per model, and resumes from its SQLite storage or, without it, from its
+history JSON; IntTower's choice on ML-1M is train.py's --preset tuned-ml1m."""
 import json
 import os
 import sys
@@ -23,20 +23,28 @@ def best_valid_auc(trial_dir):
 def test_the_search_keeps_the_best_trial_per_model_unless_the_published_settings_beat_it_and_resumes(tmp_path):
     argv = ["--dataset", "synthetic", "--models", "two_tower", "dssm", "--jobs", "2", "--epochs", "1",
             "--data-root", str(tmp_path / "data"), "--storage", str(tmp_path / "optuna.db"),
-            "--runs-dir", str(tmp_path / "runs"), "--json", str(tmp_path / "tuned.json")]
-    tune.main(argv + ["--trials", "1", "--extra", *TINY])
+            "--runs-dir", str(tmp_path / "runs"), "--json", str(tmp_path / "tuned.json"),
+            "--history", str(tmp_path / "history.json"), "--extra", *TINY]
+    tune.main(["--trials", "1", *argv])
     published_run = tmp_path / "runs" / "synthetic" / "dssm" / "published" / "train_metrics.json"
     first_published_run = published_run.stat().st_mtime_ns
-    tune.main(argv + ["--trials", "2", "--extra", *TINY])  # one trial more per model, not two
+    tune.main(["--trials", "2", *argv])  # one trial more per model, not two
+    (tmp_path / "optuna.db").unlink()  # a new machine: the search goes on from the history JSON
+    tune.main(["--trials", "3", *argv])
     assert published_run.stat().st_mtime_ns == first_published_run  # the published settings ran once
     tuned = json.loads((tmp_path / "tuned.json").read_text())
-    assert sorted(tuned) == ["dssm", "two_tower"]
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert sorted(tuned) == sorted(history) == ["dssm", "two_tower"]
     for model, chosen in tuned.items():
         runs = tmp_path / "runs" / "synthetic" / model
-        assert sorted(os.listdir(runs)) == ["published", "trial0", "trial1"]
-        assert chosen["trials"] == 2
-        assert chosen["search_valid_auc"] == max(best_valid_auc(runs / name) for name in ("trial0", "trial1"))
-        assert chosen["published_valid_auc"] == best_valid_auc(runs / "published")
+        assert sorted(os.listdir(runs)) == ["published", "trial0", "trial1", "trial2"]
+        assert [trial["number"] for trial in history[model]["trials"]] == [0, 1, 2]
+        assert [trial["value"] for trial in history[model]["trials"]] == \
+            [best_valid_auc(runs / f"trial{number}") for number in range(3)]
+        assert chosen["trials"] == 3
+        assert chosen["search_valid_auc"] == max(best_valid_auc(runs / f"trial{number}") for number in range(3))
+        assert chosen["published_valid_auc"] == history[model]["published_valid_auc"] == \
+            best_valid_auc(runs / "published")
         assert chosen["valid_auc"] == max(chosen["search_valid_auc"], chosen["published_valid_auc"])
         flags = chosen["flags"]
         if chosen["chosen"] == "published":
