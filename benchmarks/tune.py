@@ -5,7 +5,7 @@ AutoInt's attention layers), the same number of trials and the same training bud
 
 python benchmarks/tune.py [--dataset ml-1m] [--models two_tower dcn ...] [--trials 8] [--jobs 2]
                           [--storage runs/tune/optuna.db] [--json benchmarks/tuned_ml1m.json]
-                          [--history benchmarks/tune_history_ml1m.json]
+                          [--history benchmarks/tune_history_ml1m.json] [--report]
 
 Each trial is `python train.py --protocol strict --seed 1 --epochs E --patience 2 FLAGS`, run as a
 user runs it; its value is its best valid AUC (train_metrics.json), reported epoch by epoch so that
@@ -59,6 +59,8 @@ def parse_args(argv=None):
                                           "(default benchmarks/tune_history_<dataset>.json)")
     parser.add_argument("--jobs", type=int, choices=range(1, 33), default=1, metavar="N",
                         help="models searched at a time, each trial on cores/N CPU threads (as run_results.py)")
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: print the search so far (from --history and --json) as a markdown table")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="flags added to every trial's train.py (e.g. --synthetic-scale 0.05 to try the search)")
     return parser.parse_args(argv)
@@ -138,12 +140,13 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 def study_record(study):
     """A study's finished trials and published run as JSON: enough to rebuild it as it was."""
     return {"trials": [{"number": trial.number, "state": trial.state.name, "value": trial.value,
-                        "params": trial.params, "flags": trial.user_attrs["flags"],
+                        "params": trial.params, "user_attrs": trial.user_attrs,
                         "valid_auc_by_epoch": {str(epoch): auc for epoch, auc in trial.intermediate_values.items()},
                         "distributions": {name: optuna.distributions.distribution_to_json(distribution)
                                           for name, distribution in trial.distributions.items()}}
                        for trial in study.get_trials(deepcopy=False, states=FINISHED)],
-            "published_valid_auc": study.user_attrs.get("published_valid_auc")}
+            "published_valid_auc": study.user_attrs.get("published_valid_auc"),
+            "published_seconds": study.user_attrs.get("published_seconds")}
 
 
 def restore(study, record):
@@ -154,9 +157,10 @@ def restore(study, record):
             distributions={name: optuna.distributions.json_to_distribution(distribution)
                            for name, distribution in trial["distributions"].items()},
             intermediate_values={int(epoch): auc for epoch, auc in trial["valid_auc_by_epoch"].items()},
-            user_attrs={"flags": trial["flags"]}))
-    if record["published_valid_auc"] is not None:
-        study.set_user_attr("published_valid_auc", record["published_valid_auc"])
+            user_attrs=trial["user_attrs"]))
+    for name in ("published_valid_auc", "published_seconds"):
+        if record[name] is not None:
+            study.set_user_attr(name, record[name])
 
 
 def search(args, storage, model, record, save):
@@ -173,8 +177,12 @@ def search(args, storage, model, record, save):
     def objective(trial):
         flags = suggest(trial, model)
         trial.set_user_attr("flags", flags)
-        return train(args, model, flags, os.path.join(args.runs_dir, args.dataset, model, f"trial{trial.number}"),
-                     trial)
+        start = time.time()
+        try:
+            return train(args, model, flags, os.path.join(args.runs_dir, args.dataset, model,
+                                                          f"trial{trial.number}"), trial)
+        finally:  # a stopped trial's time counts too
+            trial.set_user_attr("seconds", round(time.time() - start))
 
     def finished():
         return len(study.get_trials(deepcopy=False, states=FINISHED))
@@ -183,8 +191,10 @@ def search(args, storage, model, record, save):
         study.optimize(objective, n_trials=1)
         save(study)
     if "published_valid_auc" not in study.user_attrs:
+        start = time.time()
         study.set_user_attr("published_valid_auc", train(args, model, [], os.path.join(
             args.runs_dir, args.dataset, model, "published")))
+        study.set_user_attr("published_seconds", round(time.time() - start))
         save(study)
     best, published_auc = study.best_trial, study.user_attrs["published_valid_auc"]
     searched = best.value > published_auc
@@ -202,17 +212,45 @@ def read_json(path):
         return json.load(f)
 
 
+def report(models, history, chosen):
+    """The search so far as markdown: per model its trials, the best trial's and the published
+    settings' valid AUC, the choice and its settings, and the job-hours spent."""
+    lines = ["| model | trials (stopped early) | valid AUC: best trial | published settings | chosen | "
+             "settings | search, job-hours |", "| --- | ---: | ---: | ---: | --- | --- | ---: |"]
+    for model in models:
+        record = history.get(model)
+        if record is None:
+            lines.append(f"| {model} | queued | | | | | |")
+            continue
+        trials = record["trials"]
+        stopped = sum(trial["state"] == "PRUNED" for trial in trials)
+        best = max((trial["value"] for trial in trials if trial["state"] == "COMPLETE"), default=None)
+        published = record["published_valid_auc"]
+        choice = chosen.get(model) if published is not None else None  # made after the published run
+        seconds = sum(trial["user_attrs"].get("seconds", 0) for trial in trials) + (record["published_seconds"] or 0)
+        settings = ", ".join(f"{name} {value:.3g}" if isinstance(value, float) else f"{name} {value}"
+                             for name, value in choice["params"].items()) if choice else ""
+        lines.append(f"| {model} | {len(trials)} ({stopped}) | {'' if best is None else f'{best:.4f}'} | "
+                     f"{'to run' if published is None else f'{published:.4f}'} | "
+                     f"{choice['chosen'] if choice else 'searching'} | {settings} | {seconds / 3600:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse_args(argv)
     name = args.dataset.replace("-", "")
     json_path = args.json or os.path.join(ROOT, "benchmarks", f"tuned_{name}.json")
     history_path = args.history or os.path.join(ROOT, "benchmarks", f"tune_history_{name}.json")
+    chosen, history = read_json(json_path), read_json(history_path)
+    models = sorted(args.models, key=lambda model: model != "inttower")  # the preset's model first
+    if args.report:
+        print(report(models, history, chosen))
+        return
     os.makedirs(os.path.dirname(os.path.abspath(args.storage)), exist_ok=True)
     # heartbeats mark the trial of an interrupted search failed, and the callback queues it again
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
     storage = optuna.storages.RDBStorage(f"sqlite:///{os.path.abspath(args.storage)}", heartbeat_interval=60,
                                          grace_period=180, heartbeat_stale_trial_callback=retry)
-    chosen, history = read_json(json_path), read_json(history_path)
     lock = threading.Lock()  # both JSONs hold every model searched so far, rewritten whole
 
     def save(model):
@@ -230,7 +268,6 @@ def main(argv=None):
             print(f"{model}: valid AUC {settings['valid_auc']:.4f} with the {settings['chosen']} settings "
                   f"{' '.join(settings['flags'])}", flush=True)
 
-    models = sorted(args.models, key=lambda model: model != "inttower")  # the preset's model first
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         for done in [pool.submit(tune_model, model) for model in models]:
             done.result()

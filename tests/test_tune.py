@@ -20,7 +20,7 @@ def best_valid_auc(trial_dir):
         return max(epoch["valid_auc"] for epoch in json.load(f)["epochs"])
 
 
-def test_the_search_keeps_the_best_trial_per_model_unless_the_published_settings_beat_it_and_resumes(tmp_path):
+def test_the_search_keeps_the_best_trial_per_model_unless_the_published_settings_beat_it_and_resumes(tmp_path, capsys):
     argv = ["--dataset", "synthetic", "--models", "two_tower", "dssm", "--jobs", "2", "--epochs", "1",
             "--data-root", str(tmp_path / "data"), "--storage", str(tmp_path / "optuna.db"),
             "--runs-dir", str(tmp_path / "runs"), "--json", str(tmp_path / "tuned.json"),
@@ -32,6 +32,9 @@ def test_the_search_keeps_the_best_trial_per_model_unless_the_published_settings
     (tmp_path / "optuna.db").unlink()  # a new machine: the search goes on from the history JSON
     tune.main(["--trials", "3", *argv])
     assert published_run.stat().st_mtime_ns == first_published_run  # the published settings ran once
+    capsys.readouterr()  # the search's own messages
+    tune.main(["--report", *argv])
+    table = [row.split(" | ") for row in capsys.readouterr().out.splitlines()[2:]]
     tuned = json.loads((tmp_path / "tuned.json").read_text())
     history = json.loads((tmp_path / "history.json").read_text())
     assert sorted(tuned) == sorted(history) == ["dssm", "two_tower"]
@@ -39,9 +42,13 @@ def test_the_search_keeps_the_best_trial_per_model_unless_the_published_settings
         runs = tmp_path / "runs" / "synthetic" / model
         assert sorted(os.listdir(runs)) == ["published", "trial0", "trial1", "trial2"]
         assert [trial["number"] for trial in history[model]["trials"]] == [0, 1, 2]
+        assert all(trial["user_attrs"]["seconds"] >= 0 for trial in history[model]["trials"])
         assert [trial["value"] for trial in history[model]["trials"]] == \
             [best_valid_auc(runs / f"trial{number}") for number in range(3)]
         assert chosen["trials"] == 3
+        row = next(row for row in table if row[0] == f"| {model}")
+        assert row[1:5] == ["3 (0)", f"{chosen['search_valid_auc']:.4f}", f"{chosen['published_valid_auc']:.4f}",
+                            chosen["chosen"]]
         assert chosen["search_valid_auc"] == max(best_valid_auc(runs / f"trial{number}") for number in range(3))
         assert chosen["published_valid_auc"] == history[model]["published_valid_auc"] == \
             best_valid_auc(runs / "published")
