@@ -169,10 +169,12 @@ def search(args, storage, model, record, save):
     after each; a study missing from `storage` starts from `record` (the history) -> the chosen
     settings: the best trial's, or the published ones where the trials did not beat them on validation."""
     study = optuna.create_study(storage=storage, study_name=f"{args.dataset}-{model}", direction="maximize",
-                                load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+                                load_if_exists=True, pruner=optuna.pruners.MedianPruner(n_startup_trials=3,
+                                                                                         n_warmup_steps=2))
     if record and not study.trials:
         restore(study, record)
+    # seeded by the trials so far: a search that resumes draws new settings, not its first ones again
+    study.sampler = optuna.samplers.TPESampler(seed=len(study.trials), n_startup_trials=5)
 
     def objective(trial):
         flags = suggest(trial, model)

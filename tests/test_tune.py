@@ -42,6 +42,8 @@ def test_the_search_keeps_the_best_trial_per_model_unless_the_published_settings
         runs = tmp_path / "runs" / "synthetic" / model
         assert sorted(os.listdir(runs)) == ["published", "trial0", "trial1", "trial2"]
         assert [trial["number"] for trial in history[model]["trials"]] == [0, 1, 2]
+        # each resumption drew settings of its own, not the first run's again
+        assert len({json.dumps(trial["params"], sort_keys=True) for trial in history[model]["trials"]}) == 3
         assert all(trial["user_attrs"]["seconds"] >= 0 for trial in history[model]["trials"])
         assert [trial["value"] for trial in history[model]["trials"]] == \
             [best_valid_auc(runs / f"trial{number}") for number in range(3)]
