@@ -18,7 +18,6 @@ import os
 import mindspore as ms
 import mindspore.onnx
 import numpy as np
-import onnxruntime
 from mindspore import Tensor, nn
 
 import get_dataset
@@ -177,7 +176,7 @@ def numpy_fn(cell):
 def load_exported(path):
     """A function numpy arrays -> numpy array running the file as written."""
     if path.endswith(".onnx"):
-        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        session = serving.onnx_session(path)
         names = [i.name for i in session.get_inputs()]
         return lambda *arrays: session.run(None, dict(zip(names, arrays)))[0]
     return numpy_fn(nn.GraphCell(ms.load(path)))

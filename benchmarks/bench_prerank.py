@@ -40,7 +40,7 @@ from features import input_names, item_input_names, user_input_names  # noqa: E4
 from model import IntTower, MethodCell  # noqa: E402
 from model_config import Config  # noqa: E402
 from networks import model_from_checkpoint  # noqa: E402
-from serving import by_head, numpy_scores  # noqa: E402
+from serving import by_head, numpy_scores, onnx_session  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -129,8 +129,7 @@ def main(argv=None):
         export.write_model(net, export.feature_inputs(input_names(config), schema, None),
                            [dict(export.PROBABILITY, shape=[None])], meta["config"], files["full"], "MINDIR")
         full, user_tower, scorer = (nn.GraphCell(ms.load(files[part])) for part in ("full", "user_tower", "scorer"))
-        user_tower_onnx, scorer_onnx = (onnxruntime.InferenceSession(files[part], providers=["CPUExecutionProvider"])
-                                        for part in ("user_tower_onnx", "scorer_onnx"))
+        user_tower_onnx, scorer_onnx = (onnx_session(files[part]) for part in ("user_tower_onnx", "scorer_onnx"))
 
     user_tensors = ms_util.to_tensors(user, user_names)
     bandwidth = read_bandwidth()

@@ -14,6 +14,7 @@ from mindspore import Tensor, nn
 
 import get_dataset
 import ms_util
+import serving
 from features import input_names, item_input_names, user_input_names
 from networks import model_from_checkpoint
 
@@ -204,6 +205,19 @@ def test_serving_identity(mindir, onnx_name, checkpoint, engine):
         served = scorer(heads, item_heads[[row_of_movie[int(m)] for m in test["movie_id"][rows]]])
         full = expected(net, tuple(test[feature][rows] for feature in input_names(config)))
         np.testing.assert_allclose(served, full, rtol=0, atol=1e-5)
+
+
+def test_the_onnx_serving_session_sleeps_between_requests_and_scores_the_same(onnx_name):
+    """serving.onnx_session turns off the spinning of onnxruntime's worker threads (on a 2-vCPU
+    machine a spinning worker competes with the request's own thread) and changes no score."""
+    path = onnx_name + "_scorer.onnx"
+    session = serving.onnx_session(path)
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    rng = np.random.default_rng(0)
+    user_shape, item_shape = (session.get_inputs()[i].shape for i in (0, 1))
+    inputs = {"user_heads": rng.standard_normal(user_shape).astype(np.float32),
+              "item_heads": rng.standard_normal([1000] + item_shape[1:]).astype(np.float32)}
+    np.testing.assert_array_equal(session.run(None, inputs)[0], onnx_fn(path)(*inputs.values()))
 
 
 def test_item_index_is_the_item_tower_output(mindir, checkpoint):
