@@ -319,7 +319,9 @@ def test_published_initialisations_start_every_layer_as_the_published_codes_do(s
         np.testing.assert_array_equal(published["mindspore"][name[:-len("weight")] + "bias"], 0.0)
     for name, value in published["pytorch"].items():
         if "embedding_table" in name or (".layers." in name and name.endswith(".0.weight")):
-            assert abs(value.std() - 1e-4) < 3e-5 and np.abs(value).max() < 6e-4, name
+            # the std of a small table (gender: 3 rows) is too loose an estimate to test
+            assert value.size < 1000 or abs(value.std() - 1e-4) < 1e-5, name
+            assert np.abs(value).max() < 6e-4, name
         elif name.startswith(("user_fe", "item_fe")) and name.endswith(".weight"):
             bound = 1 / np.sqrt(value.shape[1])  # uniform fan-in (HeUniform with a = sqrt(5))
             assert np.abs(value).max() <= bound and value.std() > bound / 3, name
