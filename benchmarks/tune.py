@@ -10,15 +10,15 @@ python benchmarks/tune.py [--dataset ml-1m] [--models two_tower dcn ...] [--tria
 Each trial is `python train.py --protocol strict --seed 1 --epochs E --patience 2 FLAGS`, run as a
 user runs it; its value is its best valid AUC (train_metrics.json), reported epoch by epoch so that
 a trial well below the others' median is stopped early (Optuna's MedianPruner). The test split is
-never read. After its trials each model trains once more with its published settings (model_config.py)
-on the same budget, unpruned: the search chooses its best trial only where that beats the published
-settings on validation, so a short search cannot leave a model worse off than untuned. The search
-lives in a SQLite file, so an interrupted search resumes where it stopped (a trial or published run
-cut short is run again); every finished trial is also written to --history, a JSON beside the
-results, from which a search whose SQLite file was lost (a new machine) is rebuilt before it goes on.
-The chosen settings, per model, go to --json; run_results.py's `tuned`
-group trains them with seeds 1, 2 and 3 and evaluates them on test. With --jobs N, N models
-are searched at a time, IntTower first, each trial on cores/N CPU threads.
+never read. After its trials each model trains once more with its published settings
+(model_config.py) on the same budget, unpruned: the search chooses its best trial only where that
+beats the published settings on validation, so a short search cannot leave a model worse off than
+untuned. The search lives in a SQLite file, so an interrupted search resumes where it stopped (a
+trial or published run cut short is run again); every finished trial is also written to --history,
+a JSON beside the results, from which a search whose SQLite file was lost (a new machine) is rebuilt
+before it goes on. The chosen settings, per model, go to --json; run_results.py's `tuned` group
+trains them with seeds 1, 2 and 3 and evaluates them on test. With --jobs N, N models are searched
+at a time, IntTower first, each trial on cores/N CPU threads.
 """
 import argparse
 import concurrent.futures
