@@ -3,7 +3,7 @@ learning rate, dropout keep rate, MLP width and embedding L2, and the knobs of i
 CIR weight and temperature, DSSM's and DAT's cosine scale, DAT's mimic weight, DCN's cross layers,
 AutoInt's attention layers), the same number of trials and the same training budget for every model.
 
-python benchmarks/tune.py [--dataset ml-1m] [--models two_tower dcn ...] [--trials 8] [--jobs 2]
+python benchmarks/tune.py [--dataset ml-1m] [--models two_tower dcn ...] [--trials 6] [--jobs 2]
                           [--storage runs/tune/optuna.db] [--json benchmarks/tuned_ml1m.json]
                           [--history benchmarks/tune_history_ml1m.json] [--report]
 
@@ -49,7 +49,7 @@ def parse_args(argv=None):
     parser.add_argument("--data-root", default="data", help="default data/")
     parser.add_argument("--models", nargs="+", choices=TABLE2, default=TABLE2,
                         help="default: the nine of Table 2, searched IntTower first")
-    parser.add_argument("--trials", type=int, default=8, help="finished trials per model (default 8)")
+    parser.add_argument("--trials", type=int, default=6, help="finished trials per model (default 6)")
     parser.add_argument("--epochs", type=int, default=30, help="epoch cap of a trial (default 30; patience 2)")
     parser.add_argument("--seed", type=int, default=1, help="the split the search validates on (default 1)")
     parser.add_argument("--storage", default=os.path.join("runs", "tune", "optuna.db"), help="the search's SQLite file")
@@ -174,7 +174,7 @@ def search(args, storage, model, record, save):
     if record and not study.trials:
         restore(study, record)
     # seeded by the trials so far: a search that resumes draws new settings, not its first ones again
-    study.sampler = optuna.samplers.TPESampler(seed=len(study.trials), n_startup_trials=5)
+    study.sampler = optuna.samplers.TPESampler(seed=len(study.trials), n_startup_trials=4)
 
     def objective(trial):
         flags = suggest(trial, model)
