@@ -1,5 +1,6 @@
-"""Serving a tower model on CPU without MindSpore: the candidate scorer in numpy, and the same
-scorer as an ONNX graph for onnxruntime (export.py writes it beside the ONNX user tower).
+"""Serving a tower model on CPU without MindSpore: the candidate scorer in numpy, the same scorer
+as an ONNX graph for onnxruntime (export.py writes it beside the ONNX user tower), and the
+onnxruntime session a request runs in.
 
 A request is one user against N cached candidates: score = sigmoid(sum over the U user heads of
 the max over the V item heads of <user head, item head> + bias). README, Speed, has the engines
@@ -71,8 +72,8 @@ def numpy_scores(user_heads, item_heads_by_head, bias):
 
 def onnx_session(path):
     """An onnxruntime CPU session for a request path. Its worker threads sleep between requests
-    instead of spinning: on these 2-vCPU machines a spinning worker competes with the thread that
-    runs the request, which made p99 4-5x p50 at 10,000 candidates (README, Speed)."""
+    instead of spinning: on a 2-vCPU machine a spinning worker competes with the thread that runs
+    the request, which put the p99 at several times the p50 (README, Speed)."""
     options = onnxruntime.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
