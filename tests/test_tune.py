@@ -80,5 +80,5 @@ def test_a_preset_replaces_the_published_defaults_and_flags_still_override_it():
     tuned = model_config.config_from_args(train.parse_args(["--preset", "tuned-ml1m", "--lr", "0.002"]))
     assert published == model_config.Config()
     assert tuned.lr == 0.002
-    assert tuned.keep_rate == model_config.PRESETS["tuned-ml1m"]["keep_rate"] != published.keep_rate
-    assert tuned.mlp_layers == [256, 128] and tuned.epochs == 50
+    assert tuned.keep_rate == model_config.PRESETS["tuned-ml1m"]["keep_rate"]
+    assert tuned.epochs == 50 != published.epochs and tuned.patience == 3
