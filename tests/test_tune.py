@@ -5,6 +5,8 @@ import json
 import os
 import sys
 
+import optuna
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import run_results  # noqa: E402
 import tune  # noqa: E402
@@ -63,6 +65,32 @@ def test_the_search_keeps_the_best_trial_per_model_unless_the_published_settings
             assert flags[flags.index("--lr") + 1] and "--keep-rate" in flags and "--mlp-layers" in flags
             assert ("--dssm-gamma" in flags) == (model == "dssm")
 
+
+def test_a_model_searched_longer_than_the_others_chooses_among_its_first_trials_only(tmp_path, capsys):
+    """A search cut from 6 trials to 4 gives every model the same budget: trials beyond the count
+    stay in the history (and their time in the job-hours) but are not chosen from."""
+    distribution = optuna.distributions.distribution_to_json(optuna.distributions.FloatDistribution(1e-4, 1e-2))
+
+    def trial(number, value, state="COMPLETE"):
+        return {"number": number, "state": state, "value": value, "params": {"lr": 0.001 * (number + 1)},
+                "user_attrs": {"flags": ["--lr", str(0.001 * (number + 1))], "seconds": 600},
+                "valid_auc_by_epoch": {"1": value}, "distributions": {"lr": distribution}}
+    history = {"dssm": {"trials": [trial(0, 0.80), trial(1, 0.85), trial(2, 0.83, "PRUNED"), trial(3, 0.90)],
+                        "published_valid_auc": 0.82, "published_seconds": 600}}
+    (tmp_path / "history.json").write_text(json.dumps(history))
+    argv = ["--dataset", "synthetic", "--models", "dssm", "--trials", "3", "--storage", str(tmp_path / "optuna.db"),
+            "--runs-dir", str(tmp_path / "runs"), "--json", str(tmp_path / "tuned.json"),
+            "--history", str(tmp_path / "history.json")]
+    tune.main(argv)  # nothing left to train: the history holds more than 3 trials and the published run
+    assert not (tmp_path / "runs").exists()
+    chosen = json.loads((tmp_path / "tuned.json").read_text())["dssm"]
+    assert (chosen["chosen"], chosen["search_valid_auc"], chosen["flags"]) == ("search", 0.85, ["--lr", "0.002"])
+    assert chosen["trials"] == 3
+    capsys.readouterr()
+    tune.main(["--report", *argv])
+    row = capsys.readouterr().out.splitlines()[2].split(" | ")
+    assert row[1:4] == ["3 (1) + 1 not counted", "0.8500", "0.8200"]
+    assert row[-1] == "0.8 |"  # 5 runs of 10 minutes (0.83 h), the uncounted one included
 
 def test_the_tuned_preset_is_the_searchs_inttower_choice_trained_as_the_tuned_table_trains_it():
     with open(os.path.join(tune.ROOT, "benchmarks", "tuned_ml1m.json")) as f:
