@@ -1,7 +1,10 @@
-"""Tune every Table-2 model on validation, the same way for each: an Optuna search (TPE) over its
+"""Tune every Table-2 model on validation, the same way for each: an Optuna random search over its
 learning rate, dropout keep rate, MLP width and embedding L2, and the knobs of its own (IntTower's
 CIR weight and temperature, DSSM's and DAT's cosine scale, DAT's mimic weight, DCN's cross layers,
 AutoInt's attention layers), the same number of trials and the same training budget for every model.
+Every model's k-th trial takes the same k-th draw of the four shared knobs (common_draws), its own
+knobs drawn at random: with a few trials, models drawn apart would be compared at points of their own
+luck, not at the same points.
 
 python benchmarks/tune.py [--dataset ml-1m] [--models two_tower dcn ...] [--trials 4] [--jobs 2]
                           [--storage runs/tune/optuna.db] [--json benchmarks/tuned_ml1m.json]
@@ -14,7 +17,7 @@ never read. After its trials each model trains once more with its published sett
 (model_config.py) on the same budget, unpruned: the search chooses its best trial only where that
 beats the published settings on validation, so a short search cannot leave a model worse off than
 untuned. The search lives in a SQLite file, so an interrupted search resumes where it stopped (a
-trial or published run cut short is run again); every finished trial is also written to --history,
+draw or published run cut short is run again); every finished trial is also written to --history,
 a JSON beside the results, from which a search whose SQLite file was lost (a new machine) is rebuilt
 before it goes on. The chosen settings, per model, go to --json; run_results.py's `tuned` group
 trains them with seeds 1, 2 and 3 and evaluates them on test. With --jobs N, N models are searched
@@ -50,8 +53,8 @@ def parse_args(argv=None):
     parser.add_argument("--models", nargs="+", choices=TABLE2, default=TABLE2,
                         help="default: the nine of Table 2, searched IntTower first")
     parser.add_argument("--trials", type=int, default=4,
-                        help="finished trials per model (default 4); a model with more (a longer earlier search) "
-                             "chooses among its first N, so that every model's choice has the same budget")
+                        help="trials per model, at the first N common draws (default 4); trials an earlier search "
+                             "drew apart stay in the history but are not chosen from")
     parser.add_argument("--epochs", type=int, default=30, help="epoch cap of a trial (default 30; patience 2)")
     parser.add_argument("--seed", type=int, default=1, help="the split the search validates on (default 1)")
     parser.add_argument("--storage", default=os.path.join("runs", "tune", "optuna.db"), help="the search's SQLite file")
@@ -129,6 +132,22 @@ def recorded_epochs(out_dir):
         return json.load(f)["epochs"]
 
 
+SHARED = ("mlp_layers", "lr", "keep_rate", "l2_embedding")
+
+
+def common_draws(count):
+    """The shared knobs of every model's first `count` trials: one seeded random sequence, drawn as
+    suggest draws them for a model without knobs of its own."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "a new study created in memory" per model
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    draws = []
+    for _ in range(count):
+        trial = study.ask()
+        suggest(trial, "two_tower")
+        draws.append(trial.params)
+    return draws
+
+
 def published_params(names):
     """The published value (model_config.Config) of each searched parameter, as suggest names it."""
     defaults = Config()
@@ -175,8 +194,8 @@ def search(args, storage, model, record, save):
                                                                                          n_warmup_steps=2))
     if record and not study.trials:
         restore(study, record)
-    # seeded by the trials so far: a search that resumes draws new settings, not its first ones again
-    study.sampler = optuna.samplers.TPESampler(seed=len(study.trials), n_startup_trials=4)
+    # the model's own knobs; seeded by the trials so far, so that a resumed search draws them anew
+    study.sampler = optuna.samplers.RandomSampler(seed=len(study.trials))
 
     def objective(trial):
         flags = suggest(trial, model)
@@ -188,32 +207,37 @@ def search(args, storage, model, record, save):
         finally:  # a stopped trial's time counts too
             trial.set_user_attr("seconds", round(time.time() - start))
 
-    def finished():
-        return study.get_trials(deepcopy=False, states=FINISHED)
-
-    while len(finished()) < args.trials:
-        study.optimize(objective, n_trials=1)
-        save(study)
+    draws = common_draws(args.trials)
+    for draw in draws:
+        while trial_at(study_record(study)["trials"], draw) is None:
+            waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+            if not any(trial.system_attrs.get("fixed_params") == draw for trial in waiting):  # left by a stopped run
+                study.enqueue_trial(draw)
+            study.optimize(objective, n_trials=1)
+            save(study)
     if "published_valid_auc" not in study.user_attrs:
         start = time.time()
         study.set_user_attr("published_valid_auc", train(args, model, [], os.path.join(
             args.runs_dir, args.dataset, model, "published")))
         study.set_user_attr("published_seconds", round(time.time() - start))
         save(study)
-    best, published_auc = best_trial(finished(), args.trials), study.user_attrs["published_valid_auc"]
-    searched = best.value > published_auc
-    return {"flags": best.user_attrs["flags"] if searched else [],
-            "valid_auc": best.value if searched else published_auc,
-            "params": best.params if searched else published_params(best.params),
-            "chosen": "search" if searched else "published", "search_valid_auc": best.value,
+    counted = [trial_at(study_record(study)["trials"], draw) for draw in draws]
+    best = max((trial for trial in counted if trial["state"] == "COMPLETE"),
+               key=lambda trial: trial["value"])  # a stopped trial has no final value
+    published_auc = study.user_attrs["published_valid_auc"]
+    searched = best["value"] > published_auc
+    return {"flags": best["user_attrs"]["flags"] if searched else [],
+            "valid_auc": best["value"] if searched else published_auc,
+            "params": best["params"] if searched else published_params(best["params"]),
+            "chosen": "search" if searched else "published", "search_valid_auc": best["value"],
             "published_valid_auc": published_auc, "trials": args.trials, "epochs": args.epochs, "seed": args.seed}
 
 
-def best_trial(trials, count):
-    """The completed trial of the best valid AUC among the first `count` finished (a stopped trial has no value)."""
-    first = sorted(trials, key=lambda trial: trial.number)[:count]
-    return max((trial for trial in first if trial.state == optuna.trial.TrialState.COMPLETE),
-               key=lambda trial: trial.value)
+def trial_at(trials, draw):
+    """The first of `trials` (finished, as study_record writes them) whose shared knobs are `draw`, or None:
+    the trial that counts for that draw."""
+    return min((trial for trial in trials if {name: trial["params"].get(name) for name in draw} == draw),
+               key=lambda trial: trial["number"], default=None)
 
 
 def read_json(path):
@@ -224,27 +248,30 @@ def read_json(path):
 
 
 def report(models, history, chosen, count):
-    """The search so far as markdown: per model its first `count` trials (and any beyond, which ran
-    before the search was cut to `count` and are not chosen from), the best trial's and the published
-    settings' valid AUC, the choice and its settings, and the job-hours spent, on every trial."""
-    lines = ["| model | trials (stopped early) | valid AUC: best trial | published settings | chosen | "
+    """The search so far as markdown: per model its trials at the `count` common draws (and any others,
+    run by an earlier search that drew them apart, which are not chosen from), the best trial's and the
+    published settings' valid AUC, the choice and its settings, and the job-hours spent, on every trial."""
+    draws = common_draws(count)
+    lines = ["| model | common draws run (stopped early) | valid AUC: best trial | published settings | chosen | "
              "settings | search, job-hours |", "| --- | ---: | ---: | ---: | --- | --- | ---: |"]
     for model in models:
         record = history.get(model)
         if record is None:
             lines.append(f"| {model} | queued | | | | | |")
             continue
-        trials = sorted(record["trials"], key=lambda trial: trial["number"])[:count]
+        trials = [trial for trial in (trial_at(record["trials"], draw) for draw in draws) if trial]
         beyond = len(record["trials"]) - len(trials)
         stopped = sum(trial["state"] == "PRUNED" for trial in trials)
         best = max((trial["value"] for trial in trials if trial["state"] == "COMPLETE"), default=None)
         published = record["published_valid_auc"]
-        choice = chosen.get(model) if published is not None else None  # made after the published run
+        # the choice is made after every draw and the published run
+        choice = chosen.get(model) if published is not None and len(trials) == count else None
         seconds = sum(trial["user_attrs"].get("seconds", 0) for trial in record["trials"]) + \
             (record["published_seconds"] or 0)
         settings = ", ".join(f"{name} {value:.3g}" if isinstance(value, float) else f"{name} {value}"
                              for name, value in choice["params"].items()) if choice else ""
-        lines.append(f"| {model} | {len(trials)} ({stopped}){f' + {beyond} not counted' if beyond else ''} | {'' if best is None else f'{best:.4f}'} | "
+        lines.append(f"| {model} | {len(trials)} ({stopped}){f' + {beyond} not counted' if beyond else ''} | "
+                     f"{'' if best is None else f'{best:.4f}'} | "
                      f"{'to run' if published is None else f'{published:.4f}'} | "
                      f"{choice['chosen'] if choice else 'searching'} | {settings} | {seconds / 3600:.1f} |")
     return "\n".join(lines)
@@ -261,10 +288,8 @@ def main(argv=None):
         print(report(models, history, chosen, args.trials))
         return
     os.makedirs(os.path.dirname(os.path.abspath(args.storage)), exist_ok=True)
-    # heartbeats mark the trial of an interrupted search failed, and the callback queues it again
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{os.path.abspath(args.storage)}", heartbeat_interval=60,
-                                         grace_period=180, heartbeat_stale_trial_callback=retry)
+    # a trial cut short stays RUNNING in the file and is not counted: search() runs its draw again
+    storage = optuna.storages.RDBStorage(f"sqlite:///{os.path.abspath(args.storage)}")
     lock = threading.Lock()  # both JSONs hold every model searched so far, rewritten whole
 
     def save(model):

@@ -35,7 +35,7 @@ def test_the_search_keeps_the_best_trial_per_model_unless_the_published_settings
     tune.main(["--trials", "3", *argv])
     assert published_run.stat().st_mtime_ns == first_published_run  # the published settings ran once
     capsys.readouterr()  # the search's own messages
-    tune.main(["--report", *argv])
+    tune.main(["--report", "--trials", "3", *argv])
     table = [row.split(" | ") for row in capsys.readouterr().out.splitlines()[2:]]
     tuned = json.loads((tmp_path / "tuned.json").read_text())
     history = json.loads((tmp_path / "history.json").read_text())
@@ -46,6 +46,9 @@ def test_the_search_keeps_the_best_trial_per_model_unless_the_published_settings
         assert [trial["number"] for trial in history[model]["trials"]] == [0, 1, 2]
         # each resumption drew settings of its own, not the first run's again
         assert len({json.dumps(trial["params"], sort_keys=True) for trial in history[model]["trials"]}) == 3
+        # and the k-th trial of every model took the k-th common draw of the shared knobs
+        assert [{name: trial["params"][name] for name in tune.SHARED} for trial in history[model]["trials"]] == \
+            tune.common_draws(3)
         assert all(trial["user_attrs"]["seconds"] >= 0 for trial in history[model]["trials"])
         assert [trial["value"] for trial in history[model]["trials"]] == \
             [best_valid_auc(runs / f"trial{number}") for number in range(3)]
@@ -66,31 +69,39 @@ def test_the_search_keeps_the_best_trial_per_model_unless_the_published_settings
             assert ("--dssm-gamma" in flags) == (model == "dssm")
 
 
-def test_a_model_searched_longer_than_the_others_chooses_among_its_first_trials_only(tmp_path, capsys):
-    """A search cut from 6 trials to 4 gives every model the same budget: trials beyond the count
-    stay in the history (and their time in the job-hours) but are not chosen from."""
-    distribution = optuna.distributions.distribution_to_json(optuna.distributions.FloatDistribution(1e-4, 1e-2))
+def test_a_model_chooses_among_its_trials_at_the_common_draws_only(tmp_path, capsys):
+    """Trials an earlier search drew apart from the common draws stay in the history (and their time
+    in the job-hours) but are not chosen from, however good: every model is compared at the same points."""
+    distributions = {name: optuna.distributions.distribution_to_json(distribution) for name, distribution in
+                     [("mlp_layers", optuna.distributions.CategoricalDistribution(list(tune.WIDTHS))),
+                      ("lr", optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)),
+                      ("keep_rate", optuna.distributions.FloatDistribution(0.5, 1.0)),
+                      ("l2_embedding", optuna.distributions.FloatDistribution(1e-8, 1e-3, log=True))]}
+    draws = tune.common_draws(3)
+    apart = {**draws[0], "lr": 0.0099}
 
-    def trial(number, value, state="COMPLETE"):
-        return {"number": number, "state": state, "value": value, "params": {"lr": 0.001 * (number + 1)},
-                "user_attrs": {"flags": ["--lr", str(0.001 * (number + 1))], "seconds": 600},
-                "valid_auc_by_epoch": {"1": value}, "distributions": {"lr": distribution}}
-    history = {"dssm": {"trials": [trial(0, 0.80), trial(1, 0.85), trial(2, 0.83, "PRUNED"), trial(3, 0.90)],
+    def trial(number, params, value, state="COMPLETE"):
+        return {"number": number, "state": state, "value": value, "params": params,
+                "user_attrs": {"flags": ["--lr", str(params["lr"])], "seconds": 600},
+                "valid_auc_by_epoch": {"1": value}, "distributions": distributions}
+    history = {"dssm": {"trials": [trial(0, draws[0], 0.80), trial(1, apart, 0.95), trial(2, draws[1], 0.83, "PRUNED"),
+                                   trial(3, draws[2], 0.85)],
                         "published_valid_auc": 0.82, "published_seconds": 600}}
     (tmp_path / "history.json").write_text(json.dumps(history))
     argv = ["--dataset", "synthetic", "--models", "dssm", "--trials", "3", "--storage", str(tmp_path / "optuna.db"),
             "--runs-dir", str(tmp_path / "runs"), "--json", str(tmp_path / "tuned.json"),
             "--history", str(tmp_path / "history.json")]
-    tune.main(argv)  # nothing left to train: the history holds more than 3 trials and the published run
+    tune.main(argv)  # nothing left to train: the history holds every draw and the published run
     assert not (tmp_path / "runs").exists()
     chosen = json.loads((tmp_path / "tuned.json").read_text())["dssm"]
-    assert (chosen["chosen"], chosen["search_valid_auc"], chosen["flags"]) == ("search", 0.85, ["--lr", "0.002"])
-    assert chosen["trials"] == 3
+    assert (chosen["chosen"], chosen["search_valid_auc"]) == ("search", 0.85)
+    assert chosen["flags"] == ["--lr", str(draws[2]["lr"])] and chosen["trials"] == 3
     capsys.readouterr()
     tune.main(["--report", *argv])
     row = capsys.readouterr().out.splitlines()[2].split(" | ")
     assert row[1:4] == ["3 (1) + 1 not counted", "0.8500", "0.8200"]
     assert row[-1] == "0.8 |"  # 5 runs of 10 minutes (0.83 h), the uncounted one included
+
 
 def test_the_tuned_preset_is_the_searchs_inttower_choice_trained_as_the_tuned_table_trains_it():
     with open(os.path.join(tune.ROOT, "benchmarks", "tuned_ml1m.json")) as f:
