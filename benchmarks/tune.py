@@ -12,7 +12,8 @@ python benchmarks/tune.py [--dataset ml-1m] [--models two_tower dcn ...] [--tria
 
 Each trial is `python train.py --protocol strict --seed 1 --epochs E --patience 2 FLAGS`, run as a
 user runs it; its value is its best valid AUC (train_metrics.json), reported epoch by epoch so that
-a trial well below the others' median is stopped early (Optuna's MedianPruner). The test split is
+a trial well below the median of the model's trials at the common draws is stopped early
+(CommonDrawsPruner, Optuna's median rule over those trials only). The test split is
 never read. After its trials each model trains once more with its published settings
 (model_config.py) on the same budget, unpruned: the search chooses its best trial only where that
 beats the published settings on validation, so a short search cannot leave a model worse off than
@@ -33,6 +34,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import optuna
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,6 +150,29 @@ def common_draws(count):
     return draws
 
 
+def at_draws(params, draws):
+    """Whether the shared knobs of `params` are one of `draws`."""
+    return {name: params.get(name) for name in SHARED} in draws
+
+
+class CommonDrawsPruner(optuna.pruners.BasePruner):
+    """Optuna's MedianPruner rule (from epoch 2, once 3 trials have completed, stop a trial whose best
+    valid AUC so far is below their median at that epoch) over the completed trials at the common draws
+    only: trials an earlier search drew apart would set a bar that a model searched afresh never faces."""
+
+    def __init__(self, draws):
+        self.draws = draws
+
+    def prune(self, study, trial):
+        epoch = trial.last_step
+        peers = [peer for peer in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                 if at_draws(peer.params, self.draws)]
+        if epoch is None or epoch < 2 or len(peers) < 3:
+            return False
+        at_epoch = [peer.intermediate_values[epoch] for peer in peers if epoch in peer.intermediate_values]
+        return bool(at_epoch) and max(trial.intermediate_values.values()) < float(np.median(at_epoch))
+
+
 def published_params(names):
     """The published value (model_config.Config) of each searched parameter, as suggest names it."""
     defaults = Config()
@@ -189,9 +214,9 @@ def search(args, storage, model, record, save):
     (kept in the study, so that a finished search does not run them again), calling save(study)
     after each; a study missing from `storage` starts from `record` (the history) -> the chosen
     settings: the best trial's, or the published ones where the trials did not beat them on validation."""
+    draws = common_draws(args.trials)
     study = optuna.create_study(storage=storage, study_name=f"{args.dataset}-{model}", direction="maximize",
-                                load_if_exists=True, pruner=optuna.pruners.MedianPruner(n_startup_trials=3,
-                                                                                         n_warmup_steps=2))
+                                load_if_exists=True, pruner=CommonDrawsPruner(draws))
     if record and not study.trials:
         restore(study, record)
     # the model's own knobs; seeded by the trials so far, so that a resumed search draws them anew
@@ -204,10 +229,12 @@ def search(args, storage, model, record, save):
         try:
             return train(args, model, flags, os.path.join(args.runs_dir, args.dataset, model,
                                                           f"trial{trial.number}"), trial)
+        except optuna.TrialPruned:
+            trial.set_user_attr("stopped_by", "CommonDrawsPruner")  # a trial stopped by another rule is not counted
+            raise
         finally:  # a stopped trial's time counts too
             trial.set_user_attr("seconds", round(time.time() - start))
 
-    draws = common_draws(args.trials)
     for draw in draws:
         while trial_at(study_record(study)["trials"], draw) is None:
             waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
@@ -234,9 +261,10 @@ def search(args, storage, model, record, save):
 
 
 def trial_at(trials, draw):
-    """The first of `trials` (finished, as study_record writes them) whose shared knobs are `draw`, or None:
-    the trial that counts for that draw."""
-    return min((trial for trial in trials if {name: trial["params"].get(name) for name in draw} == draw),
+    """The trial that counts for `draw`: the first of `trials` (finished, as study_record writes them) at
+    those shared knobs that completed or was stopped by CommonDrawsPruner, or None."""
+    return min((trial for trial in trials if {name: trial["params"].get(name) for name in SHARED} == draw
+                and (trial["state"] == "COMPLETE" or "stopped_by" in trial["user_attrs"])),
                key=lambda trial: trial["number"], default=None)
 
 

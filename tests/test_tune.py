@@ -17,6 +17,13 @@ import train  # noqa: E402
 TINY = ["--synthetic-scale", "0.002", "--max-steps", "2", "--batch-size", "256", "--sparse-embedding-dim", "8"]
 
 
+def shared_distributions():
+    """The search space of the knobs every model shares, as tune.suggest declares it."""
+    study = optuna.create_study()
+    tune.suggest(study.ask(), "two_tower")
+    return study.trials[0].distributions
+
+
 def best_valid_auc(trial_dir):
     with open(os.path.join(trial_dir, "train_metrics.json")) as f:
         return max(epoch["valid_auc"] for epoch in json.load(f)["epochs"])
@@ -72,17 +79,15 @@ def test_the_search_keeps_the_best_trial_per_model_unless_the_published_settings
 def test_a_model_chooses_among_its_trials_at_the_common_draws_only(tmp_path, capsys):
     """Trials an earlier search drew apart from the common draws stay in the history (and their time
     in the job-hours) but are not chosen from, however good: every model is compared at the same points."""
-    distributions = {name: optuna.distributions.distribution_to_json(distribution) for name, distribution in
-                     [("mlp_layers", optuna.distributions.CategoricalDistribution(list(tune.WIDTHS))),
-                      ("lr", optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)),
-                      ("keep_rate", optuna.distributions.FloatDistribution(0.5, 1.0)),
-                      ("l2_embedding", optuna.distributions.FloatDistribution(1e-8, 1e-3, log=True))]}
+    distributions = {name: optuna.distributions.distribution_to_json(distribution)
+                     for name, distribution in shared_distributions().items()}
     draws = tune.common_draws(3)
     apart = {**draws[0], "lr": 0.0099}
 
     def trial(number, params, value, state="COMPLETE"):
+        stopped = {"stopped_by": "CommonDrawsPruner"} if state == "PRUNED" else {}
         return {"number": number, "state": state, "value": value, "params": params,
-                "user_attrs": {"flags": ["--lr", str(params["lr"])], "seconds": 600},
+                "user_attrs": {"flags": ["--lr", str(params["lr"])], "seconds": 600, **stopped},
                 "valid_auc_by_epoch": {"1": value}, "distributions": distributions}
     history = {"dssm": {"trials": [trial(0, draws[0], 0.80), trial(1, apart, 0.95), trial(2, draws[1], 0.83, "PRUNED"),
                                    trial(3, draws[2], 0.85)],
@@ -101,6 +106,30 @@ def test_a_model_chooses_among_its_trials_at_the_common_draws_only(tmp_path, cap
     row = capsys.readouterr().out.splitlines()[2].split(" | ")
     assert row[1:4] == ["3 (1) + 1 not counted", "0.8500", "0.8200"]
     assert row[-1] == "0.8 |"  # 5 runs of 10 minutes (0.83 h), the uncounted one included
+
+
+def test_a_trial_is_stopped_early_against_the_trials_at_the_common_draws_only():
+    """A model with trials an earlier search drew apart faces the same bar as a model searched afresh."""
+    draws = tune.common_draws(4)
+    distributions = shared_distributions()
+    study = optuna.create_study(direction="maximize")
+
+    def add(params, auc_at_epoch_2, state=optuna.trial.TrialState.COMPLETE):
+        return optuna.trial.create_trial(state=state, value=auc_at_epoch_2 if state.is_finished() else None,
+                                         params=params, distributions=distributions,
+                                         intermediate_values={1: auc_at_epoch_2 - 0.01, 2: auc_at_epoch_2})
+
+    for draw, auc in zip(draws, (0.80, 0.82)):
+        study.add_trial(add(draw, auc))
+    running = add(draws[3], 0.83, optuna.trial.TrialState.RUNNING)
+    pruner = tune.CommonDrawsPruner(draws)
+    assert not pruner.prune(study, running)  # two trials at the draws: too few to judge by
+    study.add_trial(add(draws[2], 0.84))
+    for apart in (0.90, 0.91):  # an earlier search's trials, drawn apart
+        study.add_trial(add({**draws[0], "lr": 0.0099}, apart))
+    assert not pruner.prune(study, running)  # 0.83 against the draws' median 0.82
+    assert optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2).prune(study, running)  # 0.84: all five
+    assert pruner.prune(study, add(draws[3], 0.81, optuna.trial.TrialState.RUNNING))
 
 
 def test_the_tuned_preset_is_the_searchs_inttower_choice_trained_as_the_tuned_table_trains_it():
