@@ -263,7 +263,7 @@ def search(args, storage, model, record, save):
 def trial_at(trials, draw):
     """The trial that counts for `draw`: the first of `trials` (finished, as study_record writes them) at
     those shared knobs that completed or was stopped by CommonDrawsPruner, or None."""
-    return min((trial for trial in trials if {name: trial["params"].get(name) for name in SHARED} == draw
+    return min((trial for trial in trials if at_draws(trial["params"], [draw])
                 and (trial["state"] == "COMPLETE" or "stopped_by" in trial["user_attrs"])),
                key=lambda trial: trial["number"], default=None)
 
