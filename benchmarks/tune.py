@@ -140,8 +140,10 @@ SHARED = ("mlp_layers", "lr", "keep_rate", "l2_embedding")
 def common_draws(count):
     """The shared knobs of every model's first `count` trials: one seeded random sequence, drawn as
     suggest draws them for a model without knobs of its own."""
+    verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "a new study created in memory" per model
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    optuna.logging.set_verbosity(verbosity)  # the search's own trial log stays
     draws = []
     for _ in range(count):
         trial = study.ask()
