@@ -99,6 +99,9 @@ class Config:
 
 # every --model name (networks.MODELS builds each)
 MODEL_NAMES = ("inttower", "two_tower", "dssm", "dat", "cold", "wdl", "deepfm", "dcn", "autoint")
+# each model's name in the README's tables
+MODEL_LABELS = {"inttower": "IntTower", "two_tower": "Two-Tower", "dssm": "DSSM", "dat": "DAT", "cold": "COLD",
+                "wdl": "Wide&Deep", "deepfm": "DeepFM", "dcn": "DCN", "autoint": "AutoInt"}
 
 # --preset NAME: settings chosen on validation, applied before the flags (which still override them).
 # "tuned-ml1m": IntTower's choice of the benchmarks/tune.py search on ML-1M (strict protocol, seed-1

@@ -41,13 +41,11 @@ from bench_prerank import cpu_name, latency, ml1m_shaped_schema, random_features
 from bench_train import time_steps  # noqa: E402
 from model import MethodCell  # noqa: E402
 from features import input_names, item_input_names, user_input_names  # noqa: E402
-from model_config import Config  # noqa: E402
+from model_config import MODEL_LABELS, Config  # noqa: E402
 from networks import TOWER_MODELS  # noqa: E402
 
 # table order: the tower models, then the models that need the user and the item together
 MODELS = ("two_tower", "dssm", "dat", "inttower", "cold", "wdl", "deepfm", "dcn", "autoint")
-LABELS = {"two_tower": "Two-Tower", "dssm": "DSSM", "dat": "DAT", "inttower": "IntTower", "cold": "COLD",
-          "wdl": "Wide&Deep", "deepfm": "DeepFM", "dcn": "DCN", "autoint": "AutoInt"}
 PLOT_SIZE = 10000  # candidates of the latency the plot uses
 TRAIN_BATCHES = 4  # distinct random batches the timed train steps cycle over
 
@@ -186,7 +184,7 @@ def print_table(report):
     for row in report["rows"]:
         latencies = " | ".join(f"{row['latency_ms'][n]['p50']:.2f} / {row['latency_ms'][n]['p99']:.2f}"
                                for n in sizes)
-        print(f"| {LABELS[row['model']]} | {row['parameters']:,} | {row['parameters_outside_embeddings']:,} | "
+        print(f"| {MODEL_LABELS[row['model']]} | {row['parameters']:,} | {row['parameters_outside_embeddings']:,} | "
               f"{row['forward_flops_per_pair'] / 1e6:.3f} | {row['serving_flops_per_candidate'] / 1e6:.4f} | "
               f"{row['train_samples_per_s']:,.0f} | {latencies} | {row['serving']} |")
 
@@ -232,7 +230,7 @@ def plot(report, results, png_path):
         ax.errorbar(latencies[model], mean, yerr=std, fmt="o", color=color, capsize=3)
         near = previous is not None and latencies[model] < 1.3 * previous[0] and abs(mean - previous[1]) < 0.006
         crowded = crowded + 1 if near else 0
-        ax.annotate(LABELS[model], (latencies[model], mean), textcoords="offset points",
+        ax.annotate(MODEL_LABELS[model], (latencies[model], mean), textcoords="offset points",
                     xytext=label_offsets[crowded % len(label_offsets)], fontsize=9)
         previous = (latencies[model], mean)
     ax.plot([], [], "o", color="tab:blue", label="tower models: user tower + cached item vectors")

@@ -30,7 +30,7 @@ sys.path.insert(0, ROOT)
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
-from run_results import STRICT, model_flags, run_dir  # noqa: E402
+from run_results import STRICT, mean_std, model_flags, run_dir  # noqa: E402
 
 import get_dataset  # noqa: E402
 import ms_util  # noqa: E402
@@ -38,13 +38,13 @@ import retrieval  # noqa: E402
 import util  # noqa: E402
 from features import input_names, item_input_names, user_input_names  # noqa: E402
 from model import MethodCell  # noqa: E402
+from model_config import MODEL_LABELS  # noqa: E402
 from networks import checkpoint_names, model_from_checkpoint  # noqa: E402
 from serving import by_head  # noqa: E402
 
 TOWERS = ("inttower", "two_tower", "dssm", "dat")
 RANKER = "dcn"
-LABELS = {"inttower": "IntTower", "inttower_faiss": "IntTower, faiss index", "two_tower": "Two-Tower",
-          "dssm": "DSSM", "dat": "DAT", "dcn": "DCN (ranking model, full network)",
+LABELS = {**MODEL_LABELS, "inttower_faiss": "IntTower, faiss index", "dcn": "DCN (ranking model, full network)",
           "popularity": "popularity (train positives)", "random": "random (expected)"}
 QUALITY_KS = (10, 50, 100)
 CASCADE_TOP = 50  # the ranking model's top that the cascade view follows
@@ -170,10 +170,6 @@ def measure_seed(args, seed):
               "users_with_positives": int(with_positives.sum()), "catalogue": int(len(items["movie_id"])),
               "mean_training_items": float(np.mean([len(e) for e in exclude]))}
     return results, counts
-
-
-def mean_std(values):
-    return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
 
 
 def print_tables(report):

@@ -25,6 +25,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from model_config import MODEL_LABELS  # noqa: E402
 from util import write_json  # noqa: E402
 
 STRICT = ["--protocol", "strict"]
@@ -93,6 +94,11 @@ GROUPS = {
     "converged": [(f"{model}, strict, to convergence", model_flags(model) + STRICT + CONVERGED) for model in TABLE2],
     # "tuned": each model with the settings benchmarks/tune.py chose on validation (tuned_rows)
 }
+
+
+# the converged and tuned groups are also printed beside what each row changes (the README's tables):
+# the same model at the published budget, or trained to convergence with its published settings
+BEFORE = {"converged": ("published budget", STRICT), "tuned": ("converged", STRICT + CONVERGED)}
 
 
 def tuned_rows(dataset, path):
@@ -169,6 +175,29 @@ def mean_std(values):
     return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
 
 
+def print_changes(group, rows, runs, seeds, extra):
+    """One line per model of `group`: its test AUC beside BEFORE's run of the same model, the change in
+    the mean, and the best epochs and mean training time of its seeds."""
+    before_name, before_flags = BEFORE[group]
+    print(f"\n### {group}, against {before_name}\n")
+    print(f"| model | {before_name} AUC | {group} AUC | logloss | change | best epochs | training time, min |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, flags, results in rows:
+        if not results:
+            continue
+        model = results[0]["model"]
+        before = [runs[key] for key in ((tuple(model_flags(model) + before_flags + extra), seed) for seed in seeds)
+                  if key in runs]
+        auc = [r["test_auc"] for r in results]
+        before_auc = [r["test_auc"] for r in before]
+        seeds_run = "" if len(results) == len(seeds) else f" ({len(results)} of {len(seeds)} seeds)"
+        print(f"| {MODEL_LABELS[model]} | {mean_std(before_auc) if before else 'not run'} | {mean_std(auc)}{seeds_run} | "
+              f"{mean_std([r['test_logloss'] for r in results])} | "
+              f"{f'{np.mean(auc) - np.mean(before_auc):+.4f}' if before else ''} | "
+              f"{', '.join(str(r['best_epoch']) for r in results)} | "
+              f"{np.mean([r['train_seconds'] for r in results]) / 60:.0f} |")
+
+
 def main(argv=None):
     args = parse_args(argv)
     runs_dir = args.runs_dir or os.path.join("runs", args.dataset)
@@ -220,7 +249,10 @@ def main(argv=None):
             print(f"| {name}{seeds} | `{' '.join(flags)}` | {mean_std([r['test_auc'] for r in results])} | "
                   f"{mean_std([r['test_logloss'] for r in results])} | "
                   f"{', '.join(str(r.get('best_epoch', '?')) for r in results)} |")
-    print(f"\nwrote {json_path}", file=sys.stderr)
+        if group in BEFORE:
+            print_changes(group, rows, runs, args.seeds, args.extra)
+    if not args.report:
+        print(f"\nwrote {json_path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -34,3 +34,20 @@ def test_two_runs_at_a_time_are_recorded_once_each_and_reused(tmp_path, monkeypa
     shutil.rmtree(tmp_path / "runs")
     run_results.main(argv)  # the JSON records both runs: nothing is trained again
     assert not (tmp_path / "runs").exists() and json.loads(json_path.read_text())["runs"] == runs
+
+
+def test_the_converged_table_sets_each_model_beside_its_published_budget_runs(tmp_path, capsys):
+    def record(model, flags, seed, auc):
+        return {"model": model, "flags": run_results.model_flags(model) + run_results.STRICT + flags, "seed": seed,
+                "test_auc": auc, "test_logloss": 0.3, "best_epoch": 10 + seed, "train_seconds": 120.0}
+    converged = run_results.CONVERGED
+    runs = [record("inttower", [], 1, 0.90), record("inttower", [], 2, 0.91),
+            record("inttower", converged, 1, 0.92), record("inttower", converged, 2, 0.92),
+            record("deepfm", converged, 1, 0.89)]  # DeepFM: one seed converged, no published-budget run
+    json_path = tmp_path / "results.json"
+    json_path.write_text(json.dumps({"dataset": "ml-1m", "runs": runs}))
+    run_results.main(["--report", "--groups", "converged", "--seeds", "1", "2", "--json", str(json_path)])
+    table = capsys.readouterr().out.split("### converged, against published budget")[1]
+    assert "| IntTower | 0.9050 ± 0.0050 | 0.9200 ± 0.0000 | 0.3000 ± 0.0000 | +0.0150 | 11, 12 | 2 |" in table
+    assert "| DeepFM | not run | 0.8900 ± 0.0000 (1 of 2 seeds) | 0.3000 ± 0.0000 |  | 11 | 2 |" in table
+    assert "Two-Tower" not in table  # no runs, no row
