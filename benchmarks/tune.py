@@ -18,7 +18,7 @@ never read. After its trials each model trains once more with its published sett
 (model_config.py) on the same budget, unpruned: the search chooses its best trial only where that
 beats the published settings on validation, so a short search cannot leave a model worse off than
 untuned. The search lives in a SQLite file, so an interrupted search resumes where it stopped (a
-draw or published run cut short is run again); every finished trial is also written to --history,
+trial or published run cut short continues from its last epoch with train.py --resume); every finished trial is also written to --history,
 a JSON beside the results, from which a search whose SQLite file was lost (a new machine) is rebuilt
 before it goes on. The chosen settings, per model, go to --json; run_results.py's `tuned` group
 trains them with seeds 1, 2 and 3 and evaluates them on test. With --jobs N, N models are searched
@@ -26,6 +26,7 @@ at a time, IntTower first, each trial on cores/N CPU threads.
 """
 import argparse
 import concurrent.futures
+import glob
 import json
 import os
 import signal
@@ -95,15 +96,17 @@ def suggest(trial, model):
 
 
 def train(args, model, flags, out_dir, trial=None):
-    """Run train.py with the search's budget, reporting each epoch's valid AUC to `trial` (which may
-    stop it early); -> its best valid AUC."""
+    """Run train.py with the search's budget in `out_dir` (continuing the run there, if one was cut
+    short), reporting each epoch's valid AUC to `trial` (which may stop it early); -> its best valid AUC."""
     os.makedirs(out_dir, exist_ok=True)
     command = [sys.executable, os.path.join(ROOT, "train.py"), "--dataset", args.dataset, "--protocol", "strict",
                "--seed", str(args.seed), "--epochs", str(args.epochs), "--patience", "2", "--out-dir", out_dir,
                "--data-root", args.data_root, "--quiet", *model_flags(model), *flags, *args.extra]
     if args.jobs > 1:
         command += ["--threads", str(max(1, os.cpu_count() // args.jobs))]
-    with open(os.path.join(out_dir, "train.log"), "w") as log:
+    if glob.glob(os.path.join(out_dir, "*-last.ckpt")):
+        command.append("--resume")
+    with open(os.path.join(out_dir, "train.log"), "a") as log:
         process = subprocess.Popen(command, stderr=log)
         reported = 0
         while True:
@@ -175,6 +178,30 @@ class CommonDrawsPruner(optuna.pruners.BasePruner):
         return bool(at_epoch) and max(trial.intermediate_values.values()) < float(np.median(at_epoch))
 
 
+def trained_seconds(out_dir):
+    """The training and validation time of the epochs recorded in `out_dir`."""
+    return sum(epoch["seconds"] + epoch.get("valid_seconds", 0) for epoch in recorded_epochs(out_dir))
+
+
+def cut_short(study, storage, trials_dir, draws):
+    """The trials a stopped search left RUNNING or WAITING (a model's trials run one at a time, in one
+    process) end FAILed -> {draw's index: (params, folder)}: at each common draw, the settings and
+    folder under `trials_dir` of the one that trained the most epochs, to go on from its last epoch
+    instead of starting the draw over."""
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,
+                                                      optuna.trial.TrialState.WAITING))
+    resumable = {}
+    for trial in sorted(trials, key=lambda trial: trial.number):
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        folder = trial.user_attrs.get("folder", f"trial{trial.number}")
+        epochs = len(recorded_epochs(os.path.join(trials_dir, folder)))
+        if at_draws(trial.params, draws) and glob.glob(os.path.join(trials_dir, folder, "*-last.ckpt")):
+            draw = draws.index({name: trial.params[name] for name in SHARED})
+            if epochs > resumable.get(draw, (None, None, -1))[2]:
+                resumable[draw] = (trial.params, folder, epochs)
+    return {draw: (params, folder) for draw, (params, folder, _) in resumable.items()}
+
+
 def published_params(names):
     """The published value (model_config.Config) of each searched parameter, as suggest names it."""
     defaults = Config()
@@ -223,31 +250,32 @@ def search(args, storage, model, record, save):
         restore(study, record)
     # the model's own knobs; seeded by the trials so far, so that a resumed search draws them anew
     study.sampler = optuna.samplers.RandomSampler(seed=len(study.trials))
+    trials_dir = os.path.join(args.runs_dir, args.dataset, model)
+    resumable = cut_short(study, storage, trials_dir, draws)
 
     def objective(trial):
         flags = suggest(trial, model)
+        folder = trial.user_attrs.get("folder", f"trial{trial.number}")
         trial.set_user_attr("flags", flags)
-        start = time.time()
+        trial.set_user_attr("folder", folder)
+        start, earlier = time.time(), trained_seconds(os.path.join(trials_dir, folder))
         try:
-            return train(args, model, flags, os.path.join(args.runs_dir, args.dataset, model,
-                                                          f"trial{trial.number}"), trial)
+            return train(args, model, flags, os.path.join(trials_dir, folder), trial)
         except optuna.TrialPruned:
             trial.set_user_attr("stopped_by", "CommonDrawsPruner")  # a trial stopped by another rule is not counted
             raise
-        finally:  # a stopped trial's time counts too
-            trial.set_user_attr("seconds", round(time.time() - start))
+        finally:  # a stopped trial's time counts too, and a resumed one's before it was cut short
+            trial.set_user_attr("seconds", round(time.time() - start + earlier))
 
-    for draw in draws:
+    for index, draw in enumerate(draws):
         while trial_at(study_record(study)["trials"], draw) is None:
-            waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-            if not any(trial.system_attrs.get("fixed_params") == draw for trial in waiting):  # left by a stopped run
-                study.enqueue_trial(draw)
+            params, folder = resumable.pop(index, (draw, None))
+            study.enqueue_trial(params, user_attrs={"folder": folder} if folder else None)
             study.optimize(objective, n_trials=1)
             save(study)
     if "published_valid_auc" not in study.user_attrs:
-        start = time.time()
-        study.set_user_attr("published_valid_auc", train(args, model, [], os.path.join(
-            args.runs_dir, args.dataset, model, "published")))
+        start = time.time() - trained_seconds(os.path.join(trials_dir, "published"))  # a resumed run's earlier part
+        study.set_user_attr("published_valid_auc", train(args, model, [], os.path.join(trials_dir, "published")))
         study.set_user_attr("published_seconds", round(time.time() - start))
         save(study)
     counted = [trial_at(study_record(study)["trials"], draw) for draw in draws]
@@ -318,7 +346,7 @@ def main(argv=None):
         print(report(models, history, chosen, args.trials))
         return
     os.makedirs(os.path.dirname(os.path.abspath(args.storage)), exist_ok=True)
-    # a trial cut short stays RUNNING in the file and is not counted: search() runs its draw again
+    # a trial cut short stays RUNNING in the file until search() resumes it
     storage = optuna.storages.RDBStorage(f"sqlite:///{os.path.abspath(args.storage)}")
     lock = threading.Lock()  # both JSONs hold every model searched so far, rewritten whole
 

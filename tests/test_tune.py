@@ -108,6 +108,33 @@ def test_a_model_chooses_among_its_trials_at_the_common_draws_only(tmp_path, cap
     assert row[-1] == "0.8 |"  # 5 runs of 10 minutes (0.83 h), the uncounted one included
 
 
+def test_a_trial_cut_short_goes_on_from_its_last_epoch_in_its_own_folder(tmp_path):
+    """A search killed mid-trial (its process gone, the trial left RUNNING in the SQLite file) continues
+    that trial's training with train.py --resume when it starts again, rather than its draw from scratch."""
+    argv = ["--dataset", "synthetic", "--models", "two_tower", "--trials", "1", "--data-root", str(tmp_path / "data"),
+            "--storage", str(tmp_path / "optuna.db"), "--runs-dir", str(tmp_path / "runs"),
+            "--json", str(tmp_path / "tuned.json"), "--history", str(tmp_path / "history.json"), "--extra", *TINY]
+    folder = tmp_path / "runs" / "synthetic" / "two_tower" / "trial0"
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(storage=storage, study_name="synthetic-two_tower", direction="maximize")
+    study.enqueue_trial(tune.common_draws(1)[0])
+    cut_short = study.ask()  # RUNNING, as a killed search leaves it
+    flags = tune.suggest(cut_short, "two_tower")
+    tune.train(tune.parse_args(["--epochs", "1", *argv]), "two_tower", flags, str(folder))  # its first epoch
+    first_epoch = json.loads((folder / "train_metrics.json").read_text())["epochs"]
+
+    tune.main(["--epochs", "2", *argv])
+    epochs = json.loads((folder / "train_metrics.json").read_text())["epochs"]
+    assert len(epochs) == 2 and epochs[0] == first_epoch[0]  # the first epoch was not trained again
+    assert sorted(os.listdir(folder.parent)) == ["published", "trial0"]
+    counted = json.loads((tmp_path / "history.json").read_text())["two_tower"]["trials"]
+    assert len(counted) == 1 and counted[0]["user_attrs"]["folder"] == "trial0"
+    assert counted[0]["value"] == max(epoch["valid_auc"] for epoch in epochs)
+    assert counted[0]["user_attrs"]["seconds"] >= round(first_epoch[0]["seconds"])  # its time before the cut too
+    assert [trial.state for trial in optuna.load_study(study_name="synthetic-two_tower", storage=storage).trials] \
+        == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+
+
 def test_a_trial_is_stopped_early_against_the_trials_at_the_common_draws_only():
     """A model with trials an earlier search drew apart faces the same bar as a model searched afresh."""
     draws = tune.common_draws(4)
