@@ -8,7 +8,8 @@ Each (row, seed) is `python train.py --dataset D --seed S --out-dir RUN FLAGS` t
 or whose eval_metrics.json exists, is not run again (delete the JSON to rerun everything), an
 interrupted training resumes from its -last checkpoint, and the JSON is rewritten after every run,
 so that no finished run is lost. Prints one markdown table per group (test AUC and logloss, mean
-+- std over the seeds, and the best epoch).
++- std over the seeds, and the best epoch), and the converged and tuned groups once more beside the
+runs each row changes (BEFORE), with the change in test AUC and the training time: the README's tables.
 """
 import argparse
 import concurrent.futures
