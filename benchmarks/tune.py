@@ -18,9 +18,9 @@ never read. After its trials each model trains once more with its published sett
 (model_config.py) on the same budget, unpruned: the search chooses its best trial only where that
 beats the published settings on validation, so a short search cannot leave a model worse off than
 untuned. The search lives in a SQLite file, so an interrupted search resumes where it stopped (a
-trial or published run cut short continues from its last epoch with train.py --resume); every finished trial is also written to --history,
-a JSON beside the results, from which a search whose SQLite file was lost (a new machine) is rebuilt
-before it goes on. The chosen settings, per model, go to --json; run_results.py's `tuned` group
+trial or published run cut short continues from its last epoch with train.py --resume); every
+finished trial is also written to --history, a JSON beside the results, from which a search whose
+SQLite file was lost (a new machine) is rebuilt before it goes on. The chosen settings, per model, go to --json; run_results.py's `tuned` group
 trains them with seeds 1, 2 and 3 and evaluates them on test. With --jobs N, N models are searched
 at a time, IntTower first, each trial on cores/N CPU threads.
 """
