@@ -1,5 +1,6 @@
 """The paper's efficiency comparison: every model measured in one run, on the published network shape
-(ML-1M vocabularies, embeddings 32, MLP 300-300-128; untrained weights: cost does not depend on them).
+(ML-1M vocabularies, embeddings 32, MLP 300-300-128; untrained weights: cost does not depend on them)
+or, with --tuned, on the shape benchmarks/tune.py chose for each model.
 
 Per model: trainable parameters (and those outside the embedding tables); forward FLOPs per (user,
 item) pair and per served candidate; training samples/s of train.py's compiled train step at batch
@@ -11,6 +12,9 @@ over the N (user, item) pairs.
 
 python benchmarks/bench_models.py [--quick] [--models ...] [--json benchmarks/models_efficiency.json]
     prints a markdown table and writes the rows to --json. --quick: fewer steps and requests.
+python benchmarks/bench_models.py --tuned benchmarks/tuned_ml1m.json --json benchmarks/models_efficiency_tuned.json
+    the same on each model's shape as benchmarks/tune.py chose it (its MLP width above all) instead of
+    the published one.
 python benchmarks/bench_models.py --plot --results benchmarks/results_ml100k.json [--png PATH]
     measures nothing: draws test AUC (strict protocol, random split, mean +- std over seeds, from
     run_results.py's JSON) against the 10,000-candidate p50 latency of the --json rows, one point
@@ -41,6 +45,7 @@ from bench_prerank import cpu_name, latency, ml1m_shaped_schema, random_features
 from bench_train import time_steps  # noqa: E402
 from model import MethodCell  # noqa: E402
 from features import input_names, item_input_names, user_input_names  # noqa: E402
+import model_config  # noqa: E402
 from model_config import MODEL_LABELS, Config  # noqa: E402
 from networks import TOWER_MODELS  # noqa: E402
 
@@ -55,6 +60,8 @@ def parse_args(argv=None):
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="default: all")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, PLOT_SIZE], help="candidate counts")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few train steps and requests")
+    parser.add_argument("--tuned", help="measure each model with the settings benchmarks/tune.py chose "
+                                        "(its JSON, e.g. benchmarks/tuned_ml1m.json) instead of the published ones")
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "models_efficiency.json"),
                         help="where the rows are written (and read by --plot)")
     parser.add_argument("--plot", action="store_true", help="draw the AUC / latency picture instead of measuring")
@@ -136,8 +143,20 @@ def request_functions(net, config, schema, user, candidates, sizes, tmp):
     return {n: full_request(n) for n in sizes}
 
 
-def measure(name, args, schema, rng):
-    config = Config(model=name)
+def model_configs(models, tuned_path=None):
+    """{model: Config}: the published settings, or those of `tuned_path` (benchmarks/tune.py's JSON)."""
+    if not tuned_path:
+        return {name: Config(model=name) for name in models}
+    chosen = read_json(tuned_path, "--tuned")
+    missing = [name for name in models if name not in chosen]
+    if missing:
+        raise util.UsageError(f"--tuned {tuned_path} has no settings for {', '.join(missing)}: "
+                              "pick --models among those it has, or run benchmarks/tune.py for them")
+    return {name: model_config.config_from_args(train.parse_args(["--model", name] + chosen[name]["flags"]))
+            for name in models}
+
+
+def measure(name, config, args, schema, rng):
     net, _, step = train.build(schema, config, seed=0)
     samples_per_s = train_samples_per_s(step, config, schema, rng, steps=3 if args.quick else 30)
     net.set_train(False)
@@ -176,7 +195,8 @@ def measure(name, args, schema, rng):
 
 def print_table(report):
     sizes = list(report["rows"][0]["latency_ms"])
-    print(f"{report['cpu']}, mindspore {report['mindspore_version']}; train batch {report['batch_size']}; "
+    print(f"{report['cpu']}, mindspore {report['mindspore_version']}; {report['settings']} settings; "
+          f"train batch {report['batch_size']}; "
           f"load average before timing {report['load_average']:.2f}" + (" (--quick)" if report["quick"] else ""))
     print("| model | parameters | outside embeddings | forward MFLOPs / pair | serving MFLOPs / candidate | "
           "train samples/s | " + " | ".join(f"{int(n):,} candidates p50 / p99 ms" for n in sizes) + " | served as |")
@@ -268,11 +288,13 @@ def main(argv=None):
         plot(report, read_json(args.results, "--results"), args.png)
         return 0
     ms.set_context(mode=ms.GRAPH_MODE)
+    configs = model_configs(args.models, args.tuned)
     rng = np.random.default_rng(0)
     schema = ml1m_shaped_schema()
     report = {"cpu": cpu_name(), "mindspore_version": ms.__version__, "quick": args.quick,
-              "batch_size": Config().batch_size, "load_average": os.getloadavg()[0],
-              "date": time.strftime("%Y-%m-%d"), "rows": [measure(name, args, schema, rng) for name in args.models]}
+              "settings": f"tuned ({args.tuned})" if args.tuned else "published",
+              "batch_size": Config().batch_size, "load_average": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d"),
+              "rows": [measure(name, configs[name], args, schema, rng) for name in args.models]}
     print_table(report)
     util.write_json(args.json, report)
     util.log(f"wrote {args.json}")
