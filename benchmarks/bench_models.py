@@ -1,6 +1,6 @@
 """The paper's efficiency comparison: every model measured in one run, on the published network shape
 (ML-1M vocabularies, embeddings 32, MLP 300-300-128; untrained weights: cost does not depend on them)
-or, with --tuned, on the shape benchmarks/tune.py chose for each model.
+and, with --tuned, also on the shape benchmarks/tune.py chose for each model, in the same run.
 
 Per model: trainable parameters (and those outside the embedding tables); forward FLOPs per (user,
 item) pair and per served candidate; training samples/s of train.py's compiled train step at batch
@@ -13,8 +13,8 @@ over the N (user, item) pairs.
 python benchmarks/bench_models.py [--quick] [--models ...] [--json benchmarks/models_efficiency.json]
     prints a markdown table and writes the rows to --json. --quick: fewer steps and requests.
 python benchmarks/bench_models.py --tuned benchmarks/tuned_ml1m.json --json benchmarks/models_efficiency_tuned.json
-    the same on each model's shape as benchmarks/tune.py chose it (its MLP width above all) instead of
-    the published one.
+    each model twice, on the published shape and on the shape benchmarks/tune.py chose (its MLP width
+    above all), one row each, so that the two are compared on one CPU in one run.
 python benchmarks/bench_models.py --plot --results benchmarks/results_ml100k.json [--png PATH]
     measures nothing: draws test AUC (strict protocol, random split, mean +- std over seeds, from
     run_results.py's JSON) against the 10,000-candidate p50 latency of the --json rows, one point
@@ -60,8 +60,8 @@ def parse_args(argv=None):
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="default: all")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, PLOT_SIZE], help="candidate counts")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few train steps and requests")
-    parser.add_argument("--tuned", help="measure each model with the settings benchmarks/tune.py chose "
-                                        "(its JSON, e.g. benchmarks/tuned_ml1m.json) instead of the published ones")
+    parser.add_argument("--tuned", help="also measure each model with the settings benchmarks/tune.py chose "
+                                        "(its JSON, e.g. benchmarks/tuned_ml1m.json)")
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "models_efficiency.json"),
                         help="where the rows are written (and read by --plot)")
     parser.add_argument("--plot", action="store_true", help="draw the AUC / latency picture instead of measuring")
@@ -144,19 +144,22 @@ def request_functions(net, config, schema, user, candidates, sizes, tmp):
 
 
 def model_configs(models, tuned_path=None):
-    """{model: Config}: the published settings, or those of `tuned_path` (benchmarks/tune.py's JSON)."""
+    """[(model, "published" or "tuned", Config)]: each model's published settings, then, given `tuned_path`
+    (benchmarks/tune.py's JSON), its tuned ones."""
+    published = [(name, "published", Config(model=name)) for name in models]
     if not tuned_path:
-        return {name: Config(model=name) for name in models}
+        return published
     chosen = read_json(tuned_path, "--tuned")
     missing = [name for name in models if name not in chosen]
     if missing:
         raise util.UsageError(f"--tuned {tuned_path} has no settings for {', '.join(missing)}: "
                               "pick --models among those it has, or run benchmarks/tune.py for them")
-    return {name: model_config.config_from_args(train.parse_args(["--model", name] + chosen[name]["flags"]))
-            for name in models}
+    return [row for name, settings, config in published for row in [
+        (name, settings, config),
+        (name, "tuned", model_config.config_from_args(train.parse_args(["--model", name] + chosen[name]["flags"])))]]
 
 
-def measure(name, config, args, schema, rng):
+def measure(name, settings, config, args, schema, rng):
     net, _, step = train.build(schema, config, seed=0)
     samples_per_s = train_samples_per_s(step, config, schema, rng, steps=3 if args.quick else 30)
     net.set_train(False)
@@ -170,7 +173,7 @@ def measure(name, config, args, schema, rng):
                  MethodCell(net, "item_heads")(*ms_util.to_tensors(first, item_input_names(config))))
         candidate_macs = scoring_macs(*heads)
         pair_macs += candidate_macs
-    row = {"model": name, "serving": "user tower + cached item heads" if name in TOWER_MODELS
+    row = {"model": name, "settings": settings, "serving": "user tower + cached item heads" if name in TOWER_MODELS
            else "full network over the N pairs",
            "parameters": sum(p.size for p in net.trainable_params()),
            "parameters_outside_embeddings": sum(p.size for p in net.trainable_params()) - embedding_size(net),
@@ -195,8 +198,7 @@ def measure(name, config, args, schema, rng):
 
 def print_table(report):
     sizes = list(report["rows"][0]["latency_ms"])
-    print(f"{report['cpu']}, mindspore {report['mindspore_version']}; {report['settings']} settings; "
-          f"train batch {report['batch_size']}; "
+    print(f"{report['cpu']}, mindspore {report['mindspore_version']}; train batch {report['batch_size']}; "
           f"load average before timing {report['load_average']:.2f}" + (" (--quick)" if report["quick"] else ""))
     print("| model | parameters | outside embeddings | forward MFLOPs / pair | serving MFLOPs / candidate | "
           "train samples/s | " + " | ".join(f"{int(n):,} candidates p50 / p99 ms" for n in sizes) + " | served as |")
@@ -204,7 +206,8 @@ def print_table(report):
     for row in report["rows"]:
         latencies = " | ".join(f"{row['latency_ms'][n]['p50']:.2f} / {row['latency_ms'][n]['p99']:.2f}"
                                for n in sizes)
-        print(f"| {MODEL_LABELS[row['model']]} | {row['parameters']:,} | {row['parameters_outside_embeddings']:,} | "
+        label = MODEL_LABELS[row["model"]] + (", tuned" if row.get("settings") == "tuned" else "")
+        print(f"| {label} | {row['parameters']:,} | {row['parameters_outside_embeddings']:,} | "
               f"{row['forward_flops_per_pair'] / 1e6:.3f} | {row['serving_flops_per_candidate'] / 1e6:.4f} | "
               f"{row['train_samples_per_s']:,.0f} | {latencies} | {row['serving']} |")
 
@@ -230,7 +233,7 @@ def plot(report, results, png_path):
     from matplotlib import ticker
 
     latencies = {row["model"]: row["latency_ms"][str(PLOT_SIZE)]["p50"] for row in report["rows"]
-                 if str(PLOT_SIZE) in row["latency_ms"]}
+                 if str(PLOT_SIZE) in row["latency_ms"] and row.get("settings", "published") == "published"}
     aucs = plotted_aucs(results)
     models = [model for model in MODELS if model in latencies and model in aucs]
     if not models:
@@ -288,13 +291,12 @@ def main(argv=None):
         plot(report, read_json(args.results, "--results"), args.png)
         return 0
     ms.set_context(mode=ms.GRAPH_MODE)
-    configs = model_configs(args.models, args.tuned)
     rng = np.random.default_rng(0)
     schema = ml1m_shaped_schema()
     report = {"cpu": cpu_name(), "mindspore_version": ms.__version__, "quick": args.quick,
-              "settings": f"tuned ({args.tuned})" if args.tuned else "published",
+              "tuned": args.tuned,
               "batch_size": Config().batch_size, "load_average": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d"),
-              "rows": [measure(name, configs[name], args, schema, rng) for name in args.models]}
+              "rows": [measure(*row, args, schema, rng) for row in model_configs(args.models, args.tuned)]}
     print_table(report)
     util.write_json(args.json, report)
     util.log(f"wrote {args.json}")
