@@ -45,8 +45,7 @@ from bench_prerank import cpu_name, latency, ml1m_shaped_schema, random_features
 from bench_train import time_steps  # noqa: E402
 from model import MethodCell  # noqa: E402
 from features import input_names, item_input_names, user_input_names  # noqa: E402
-import model_config  # noqa: E402
-from model_config import MODEL_LABELS, Config  # noqa: E402
+from model_config import MODEL_LABELS, Config, config_from_args  # noqa: E402
 from networks import TOWER_MODELS  # noqa: E402
 
 # table order: the tower models, then the models that need the user and the item together
@@ -156,7 +155,7 @@ def model_configs(models, tuned_path=None):
                               "pick --models among those it has, or run benchmarks/tune.py for them")
     return [row for name, settings, config in published for row in [
         (name, settings, config),
-        (name, "tuned", model_config.config_from_args(train.parse_args(["--model", name] + chosen[name]["flags"])))]]
+        (name, "tuned", config_from_args(train.parse_args(["--model", name] + chosen[name]["flags"])))]]
 
 
 def measure(name, settings, config, args, schema, rng):
