@@ -183,7 +183,7 @@ def trained_seconds(out_dir):
     return sum(epoch["seconds"] + epoch.get("valid_seconds", 0) for epoch in recorded_epochs(out_dir))
 
 
-def cut_short(study, storage, trials_dir, draws):
+def cut_short(study, trials_dir, draws):
     """The trials a stopped search left RUNNING or WAITING (a model's trials run one at a time, in one
     process) end FAILed -> {draw's index: (params, folder)}: at each common draw, the settings and
     folder under `trials_dir` of the one that trained the most epochs, to go on from its last epoch
@@ -192,7 +192,9 @@ def cut_short(study, storage, trials_dir, draws):
                                                       optuna.trial.TrialState.WAITING))
     resumable = {}
     for trial in sorted(trials, key=lambda trial: trial.number):
-        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        if trial.state == optuna.trial.TrialState.WAITING:
+            study.ask()  # Optuna tells only a started trial; ask() starts the oldest WAITING one, this one
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         folder = trial.user_attrs.get("folder", f"trial{trial.number}")
         epochs = len(recorded_epochs(os.path.join(trials_dir, folder)))
         if at_draws(trial.params, draws) and glob.glob(os.path.join(trials_dir, folder, "*-last.ckpt")):
@@ -251,7 +253,7 @@ def search(args, storage, model, record, save):
     # the model's own knobs; seeded by the trials so far, so that a resumed search draws them anew
     study.sampler = optuna.samplers.RandomSampler(seed=len(study.trials))
     trials_dir = os.path.join(args.runs_dir, args.dataset, model)
-    resumable = cut_short(study, storage, trials_dir, draws)
+    resumable = cut_short(study, trials_dir, draws)
 
     def objective(trial):
         flags = suggest(trial, model)

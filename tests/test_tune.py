@@ -135,6 +135,22 @@ def test_a_trial_cut_short_goes_on_from_its_last_epoch_in_its_own_folder(tmp_pat
         == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
 
 
+def test_a_search_killed_between_trials_fails_what_it_left_started_or_queued_and_adds_no_trial(tmp_path):
+    """A killed search can leave a trial RUNNING (mid-training) or WAITING (queued at its draw, not yet
+    started); on restart both end FAILed, the RUNNING one at a common draw offered to go on in its folder."""
+    draws = tune.common_draws(2)
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(draws[0], user_attrs={"folder": "trial0"})
+    tune.suggest(study.ask(), "two_tower")  # RUNNING, with its params
+    (tmp_path / "trial0").mkdir()
+    (tmp_path / "trial0" / "TwoTower-last.ckpt").write_bytes(b"")
+    study.enqueue_trial(draws[1])  # WAITING
+
+    resumable = tune.cut_short(study, str(tmp_path), draws)
+    assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+    assert resumable == {0: (draws[0], "trial0")}
+
+
 def test_a_trial_is_stopped_early_against_the_trials_at_the_common_draws_only():
     """A model with trials an earlier search drew apart faces the same bar as a model searched afresh."""
     draws = tune.common_draws(4)
