@@ -145,17 +145,17 @@ def request_functions(net, config, schema, user, candidates, sizes, tmp):
 def model_configs(models, tuned_path=None):
     """[(model, "published" or "tuned", Config)]: each model's published settings, then, given `tuned_path`
     (benchmarks/tune.py's JSON), its tuned ones."""
-    published = [(name, "published", Config(model=name)) for name in models]
-    if not tuned_path:
-        return published
-    chosen = read_json(tuned_path, "--tuned")
-    missing = [name for name in models if name not in chosen]
+    chosen = read_json(tuned_path, "--tuned") if tuned_path else {}
+    missing = [name for name in models if tuned_path and name not in chosen]
     if missing:
         raise util.UsageError(f"--tuned {tuned_path} has no settings for {', '.join(missing)}: "
                               "pick --models among those it has, or run benchmarks/tune.py for them")
-    return [row for name, settings, config in published for row in [
-        (name, settings, config),
-        (name, "tuned", config_from_args(train.parse_args(["--model", name] + chosen[name]["flags"])))]]
+    rows = []
+    for name in models:
+        rows.append((name, "published", Config(model=name)))
+        if tuned_path:
+            rows.append((name, "tuned", config_from_args(train.parse_args(["--model", name] + chosen[name]["flags"]))))
+    return rows
 
 
 def measure(name, settings, config, args, schema, rng):
